@@ -1,0 +1,276 @@
+//! HTTP and WebSocket routes: thin handlers that check input, ask the hub, and shape answers.
+//!
+//! `App` mounts [`configure`]; every error is an [`ApiError`] with a JSON body. The WebSocket
+//! route upgrades the connection and starts a [`Viewer`] actor for it.
+
+use std::num::NonZeroU32;
+
+use actix::Addr;
+use actix_web::http::header::{self, EntityTag, IfNoneMatch};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::hub::{
+    CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub, ListRaces, ListSessions,
+    LoadRace,
+};
+use crate::viewer::{ClosableBody, Viewer, ViewerLimits};
+
+/// What every handler shares: the hub's address and the limits from the config.
+#[derive(Clone)]
+pub struct ApiState {
+    pub hub: Addr<Hub>,
+    pub admin_token: String,
+    pub viewer_limits: ViewerLimits,
+    pub max_message_bytes: usize,
+    pub max_frames_per_request: u32,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .service(
+            web::scope("/api")
+                .route("/races", web::get().to(list_races))
+                .route("/races/{race}", web::get().to(race_meta))
+                .route("/races/{race}/frames", web::get().to(race_frames))
+                .route("/sessions", web::get().to(list_sessions))
+                .route("/sessions", web::post().to(create_session))
+                .route("/sessions/{id}", web::get().to(get_session))
+                .route("/sessions/{id}", web::delete().to(delete_session)),
+        )
+        .route("/ws/sessions/{id}", web::get().to(websocket));
+}
+
+/// Turns extractor failures (bad JSON body, bad query string) into the same JSON error shape.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _| ApiError::BadRequest(format!("bad JSON body: {err}")).into())
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest(format!("bad query string: {err}")).into())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn list_races(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.hub.send(ListRaces).await?))
+}
+
+async fn race_meta(
+    req: HttpRequest,
+    race: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let race = race.into_inner();
+    let entry = state
+        .hub
+        .send(GetRace(race.clone()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no race {race:?}")))?;
+    let etag = entry.etag.trim_matches('"').to_owned();
+    let tag = EntityTag::new_strong(etag);
+    let not_modified = match req.headers().get(header::IF_NONE_MATCH) {
+        Some(_) => match header::Header::parse(&req) {
+            Ok(IfNoneMatch::Any) => true,
+            Ok(IfNoneMatch::Items(items)) => items.iter().any(|t| t.weak_eq(&tag)),
+            Err(_) => false,
+        },
+        None => false,
+    };
+    let mut response = if not_modified {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header(header::ETag(tag))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"));
+    if not_modified {
+        return Ok(response.finish());
+    }
+    Ok(response
+        .content_type("application/json")
+        .body(entry.meta_json))
+}
+
+#[derive(Deserialize)]
+struct FrameRange {
+    from: u32,
+    to: u32,
+}
+
+async fn race_frames(
+    race: web::Path<String>,
+    range: web::Query<FrameRange>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let encoded = state.hub.send(LoadRace(race.into_inner())).await??;
+    let FrameRange { from, to } = range.into_inner();
+    let total = encoded.total_frames();
+    let max = state.max_frames_per_request;
+    if from >= to || to > total {
+        return Err(ApiError::BadRequest(format!(
+            "bad range from={from} to={to}: need 0 <= from < to <= {total} (to is exclusive)"
+        )));
+    }
+    if to - from > max {
+        return Err(ApiError::BadRequest(format!(
+            "range of {} frames is over the limit of {max} per request",
+            to - from
+        )));
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("application/msgpack")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+        .body(encoded.frames_msgpack(from, to)))
+}
+
+async fn list_sessions(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.hub.send(ListSessions).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSession {
+    race: String,
+    id: Option<String>,
+    #[serde(default = "yes")]
+    autoplay: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn create_session(
+    req: HttpRequest,
+    body: web::Json<NewSession>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let NewSession { race, id, autoplay } = body.into_inner();
+    let created = state
+        .hub
+        .send(CreateSession { race, id, autoplay })
+        .await??;
+    let ws_url = ws_url(&req, &created.id);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/sessions/{}", created.id)))
+        .json(json!({
+            "id": created.id,
+            "race": created.race,
+            "control_token": created.control_token,
+            "ws_url": ws_url,
+            "control_url": format!("{ws_url}?token={}", created.control_token),
+        })))
+}
+
+fn ws_url(req: &HttpRequest, id: &str) -> String {
+    format!("ws://{}/ws/sessions/{id}", req.connection_info().host())
+}
+
+async fn get_session(
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let info = state
+        .hub
+        .send(GetSession(id.clone()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no session {id:?}")))?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn delete_session(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let reason = "session deleted".to_owned();
+    state
+        .hub
+        .send(DeleteSession {
+            id: id.into_inner(),
+            reason,
+        })
+        .await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+async fn websocket(
+    req: HttpRequest,
+    body: web::Payload,
+    id: web::Path<String>,
+    query: web::Query<WsQuery>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let id = id.into_inner();
+    let (session, control_token) = state
+        .hub
+        .send(FindSession(id.clone()))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::NotFound(format!("no session {id:?}")))?;
+    let can_control = query
+        .token
+        .as_deref()
+        .is_some_and(|t| same_secret(t, &control_token));
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream
+        .max_frame_size(state.max_message_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(state.max_message_bytes);
+    let (closer, close_rx) = oneshot::channel();
+    Viewer::start(
+        session,
+        can_control,
+        state.viewer_limits.clone(),
+        ws,
+        stream,
+        closer,
+    );
+    Ok(response
+        .map_body(|_, body| ClosableBody::new(body, close_rx))
+        .map_into_boxed_body())
+}
+
+fn require_admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if same_secret(token.trim(), &state.admin_token) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Rate limit from the config, which clap guarantees is at least 1.
+pub fn commands_per_second(value: u32) -> NonZeroU32 {
+    NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
+}

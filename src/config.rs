@@ -1,0 +1,217 @@
+//! Command line and environment configuration.
+//!
+//! `main` parses a [`Cli`]; `serve` hands its [`Config`] to [`crate::App::build`]. Every flag has a
+//! `REPLAY_HUB_*` environment variable and a documented default, and every limit lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// replay-hub: broadcast Formula 1 race replays to many synchronised viewers.
+///
+/// With no subcommand, `serve` runs with its defaults.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+impl Cli {
+    /// The subcommand to run; no subcommand means `serve` with the top-level flags.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve races and sessions over HTTP and WebSocket (the default).
+    Serve(Config),
+    /// Generate a deterministic synthetic race file.
+    Generate(GenerateArgs),
+}
+
+/// Everything `serve` needs; tests build one with [`Config::for_tests`].
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on. Use port 0 to pick a free port.
+    #[arg(long, env = "REPLAY_HUB_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Directory holding race files (`*.race`). Created if missing; when it holds no race, a short
+    /// demo race is generated into it.
+    #[arg(long, env = "REPLAY_HUB_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Bearer token for admin endpoints (create/delete sessions). Generated and printed when unset.
+    #[arg(long, env = "REPLAY_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Session created and playing at start-up, over the first race ("" for none).
+    #[arg(long, env = "REPLAY_HUB_DEMO_SESSION", default_value = "demo")]
+    pub demo_session: String,
+
+    /// Laps of the demo race generated into an empty data directory.
+    #[arg(long, env = "REPLAY_HUB_DEMO_LAPS", default_value_t = 10)]
+    pub demo_laps: u16,
+
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, env = "REPLAY_HUB_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Most sessions that may exist at once.
+    #[arg(long, env = "REPLAY_HUB_MAX_SESSIONS", default_value_t = 100)]
+    pub max_sessions: usize,
+
+    /// Most viewers connected to one session.
+    #[arg(
+        long,
+        env = "REPLAY_HUB_MAX_VIEWERS_PER_SESSION",
+        default_value_t = 10_000
+    )]
+    pub max_viewers_per_session: usize,
+
+    /// Largest WebSocket message a client may send, in bytes; larger closes with 1009.
+    #[arg(long, env = "REPLAY_HUB_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Control commands a connection may send per second (bursts up to this many).
+    #[arg(long, env = "REPLAY_HUB_COMMANDS_PER_SECOND", default_value_t = 20)]
+    pub commands_per_second: u32,
+
+    /// Most frames one `GET /api/races/{race}/frames` request may return.
+    #[arg(
+        long,
+        env = "REPLAY_HUB_MAX_FRAMES_PER_REQUEST",
+        default_value_t = 1500
+    )]
+    pub max_frames_per_request: u32,
+
+    /// Largest request body accepted by JSON endpoints, in bytes.
+    #[arg(long, env = "REPLAY_HUB_MAX_JSON_BYTES", default_value_t = 16 * 1024)]
+    pub max_json_bytes: usize,
+
+    /// How often the hub pings each viewer, in milliseconds.
+    #[arg(long, env = "REPLAY_HUB_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub heartbeat_ms: u64,
+
+    /// A viewer from which nothing (not even a pong) arrived for this long is dropped, in ms.
+    #[arg(long, env = "REPLAY_HUB_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_timeout_ms: u64,
+
+    /// A viewer whose socket accepted nothing for this long is closed with code 4001, in ms.
+    #[arg(long, env = "REPLAY_HUB_STALL_TIMEOUT_MS", default_value_t = 15_000)]
+    pub stall_timeout_ms: u64,
+
+    /// A connection whose peer acknowledges nothing for this long is cut by the kernel
+    /// (TCP_USER_TIMEOUT, Linux), so a client that never reads cannot pin its buffers forever.
+    /// In ms; 0 leaves the OS default.
+    #[arg(long, env = "REPLAY_HUB_TCP_USER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub tcp_user_timeout_ms: u64,
+
+    /// Kernel send buffer per connection in bytes (0 = the OS default). Bounds what a slow
+    /// viewer can hold in kernel memory before its frames are dropped instead.
+    #[arg(long, env = "REPLAY_HUB_SOCKET_SEND_BUFFER", default_value_t = 0)]
+    pub socket_send_buffer: usize,
+
+    /// Most time shutdown may take before connections are cut, in ms.
+    #[arg(long, env = "REPLAY_HUB_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Config {
+    /// Defaults with port 0 and the given data directory: what integration tests start from.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        // unwrap: parsing the defaults with no arguments cannot fail.
+        let mut config = Cli::try_parse_from(["replay-hub"]).unwrap().serve;
+        config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config.demo_laps = 2;
+        config.workers = 2;
+        config
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms)
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Arguments of `replay-hub generate`.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Race laps.
+    #[arg(long, default_value_t = 57)]
+    pub laps: u16,
+    /// Number of drivers (2 to 20).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(2..=20))]
+    pub drivers: u8,
+    /// Seed: the same seed always gives the same race, byte for byte.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Race id (lowercase letters, digits, '-' and '_'); defaults to the output file's stem.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Race name shown to viewers.
+    #[arg(long, default_value = "Generated Grand Prix")]
+    pub name: String,
+    /// Output race file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_subcommand_means_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["replay-hub"]).unwrap();
+        match cli.into_command() {
+            Command::Serve(config) => {
+                assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+                assert_eq!(config.max_message_bytes, 4096);
+            }
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_flags_parse_at_top_level_and_under_serve() {
+        let top = Cli::try_parse_from(["replay-hub", "--bind", "0.0.0.0:9000"]).unwrap();
+        let sub = Cli::try_parse_from(["replay-hub", "serve", "--bind", "0.0.0.0:9000"]).unwrap();
+        for cli in [top, sub] {
+            match cli.into_command() {
+                Command::Serve(config) => assert_eq!(config.bind.port(), 9000),
+                other => panic!("expected serve, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn generate_rejects_too_many_drivers() {
+        let err = Cli::try_parse_from(["replay-hub", "generate", "--drivers", "21", "--out", "x"])
+            .unwrap_err();
+        assert!(err.to_string().contains("21"), "{err}");
+    }
+}

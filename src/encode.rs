@@ -1,0 +1,202 @@
+//! Wire encoding: every frame of a race is encoded once into one shared buffer.
+//!
+//! The hub builds an [`EncodedRace`] when a race is loaded; sessions hand out cheap [`Bytes`]
+//! slices of it to every viewer, and the frames endpoint concatenates the same slices. The JSON
+//! control messages (hello, state, error) are built here too, so the protocol lives in one place.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use serde::ser::SerializeMap;
+use serde::Serialize;
+
+use crate::race::{DriverFrame, Frame, RaceMeta};
+
+/// Protocol version announced in `hello`; bump on any incompatible message change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A race's metadata plus every frame already encoded for the wire, shared by all sessions that
+/// play it: one copy in memory however many sessions and viewers use it.
+#[derive(Debug)]
+pub struct EncodedRace {
+    pub meta: Arc<RaceMeta>,
+    buf: Bytes,
+    /// `offsets[i]..offsets[i + 1]` is frame `i` in `buf`; one more entry than frames.
+    offsets: Vec<u32>,
+}
+
+impl EncodedRace {
+    /// Encodes frames as they arrive, so a loader never holds more than one decoded frame.
+    pub fn build<E>(
+        meta: RaceMeta,
+        frames: impl IntoIterator<Item = Result<Frame, E>>,
+    ) -> Result<Self, E> {
+        let mut buf = BytesMut::with_capacity(meta.total_frames as usize * 1400);
+        let mut offsets = Vec::with_capacity(meta.total_frames as usize + 1);
+        offsets.push(0);
+        for (index, frame) in frames.into_iter().enumerate() {
+            let frame = frame?;
+            encode_frame(index as u32, &frame, &mut buf);
+            offsets.push(buf.len() as u32);
+        }
+        Ok(Self {
+            meta: Arc::new(meta),
+            buf: buf.freeze(),
+            offsets,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+
+    pub fn total_frames(&self) -> u32 {
+        (self.offsets.len() - 1) as u32
+    }
+
+    /// Frame `index` as a cheap reference-counted slice of the shared buffer.
+    pub fn frame(&self, index: u32) -> Option<Bytes> {
+        let i = index as usize;
+        let (start, end) = (*self.offsets.get(i)?, *self.offsets.get(i + 1)?);
+        Some(self.buf.slice(start as usize..end as usize))
+    }
+
+    /// Frames `from..to` as one msgpack array, built from the already-encoded bytes.
+    /// The caller has checked the range.
+    pub fn frames_msgpack(&self, from: u32, to: u32) -> Bytes {
+        let (start, end) = (
+            self.offsets[from as usize] as usize,
+            self.offsets[to as usize] as usize,
+        );
+        let mut out = BytesMut::with_capacity(end - start + 5);
+        // unwrap: writing into a growable buffer cannot fail.
+        rmp::encode::write_array_len(&mut (&mut out).writer(), to - from).unwrap();
+        out.extend_from_slice(&self.buf[start..end]);
+        out.freeze()
+    }
+
+    /// Bytes held by the encoded frames.
+    pub fn encoded_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// One wire frame: `{"type":"frame","i":..,"t":..,"lap":..,"drivers":[[..],..]}`. The outer value
+/// is a map so clients can read it by name; each driver is an array in `meta.fields` order.
+struct WireFrame<'a> {
+    index: u32,
+    frame: &'a Frame,
+}
+
+impl Serialize for WireFrame<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(5))?;
+        map.serialize_entry("type", "frame")?;
+        map.serialize_entry("i", &self.index)?;
+        map.serialize_entry("t", &self.frame.t)?;
+        map.serialize_entry("lap", &self.frame.lap)?;
+        map.serialize_entry("drivers", &self.frame.drivers)?;
+        map.end()
+    }
+}
+
+/// Appends the wire encoding of frame `index` to `out`.
+pub fn encode_frame(index: u32, frame: &Frame, out: &mut BytesMut) {
+    let mut ser = rmp_serde::Serializer::new(out.writer());
+    // unwrap: the frame holds only numbers and short strings, and the writer is growable memory,
+    // so serialisation cannot fail.
+    WireFrame { index, frame }.serialize(&mut ser).unwrap();
+}
+
+/// Decodes a wire frame back into its parts; used by tests, benches and the load tool.
+pub fn decode_frame(bytes: &[u8]) -> Result<DecodedFrame, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// The decoded form of a wire frame.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct DecodedFrame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub i: u32,
+    pub t: f64,
+    pub lap: u16,
+    pub drivers: Vec<DriverFrame>,
+}
+
+/// The shared play state every viewer sees; `epoch` grows on every control change, so a client
+/// can tell which frames belong to the latest command.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct PlayState {
+    pub playing: bool,
+    pub speed: f64,
+    pub frame: u32,
+    pub epoch: u64,
+}
+
+/// `{"type":"state",...}`, sent to every viewer on each control change.
+pub fn state_message(state: &PlayState) -> ByteString {
+    #[derive(Serialize)]
+    struct Msg<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        state: &'a PlayState,
+    }
+    json(&Msg {
+        kind: "state",
+        state,
+    })
+}
+
+/// Everything a viewer is told on connect.
+#[derive(Debug, Serialize)]
+pub struct Hello<'a> {
+    pub session: &'a str,
+    pub race: &'a str,
+    pub total_frames: u32,
+    pub fields: &'a [String],
+    pub can_control: bool,
+    pub state: PlayState,
+}
+
+/// `{"type":"hello","protocol":1,...}`.
+pub fn hello_message(hello: &Hello<'_>) -> ByteString {
+    #[derive(Serialize)]
+    struct Msg<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        protocol: u32,
+        fps: u32,
+        #[serde(flatten)]
+        hello: &'a Hello<'a>,
+    }
+    json(&Msg {
+        kind: "hello",
+        protocol: PROTOCOL_VERSION,
+        fps: crate::race::FPS,
+        hello,
+    })
+}
+
+/// `{"type":"error","code":..,"message":..}`: the answer to a command that was not carried out.
+pub fn error_message(code: &str, message: &str) -> ByteString {
+    #[derive(Serialize)]
+    struct Msg<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        code: &'a str,
+        message: &'a str,
+    }
+    json(&Msg {
+        kind: "error",
+        code,
+        message,
+    })
+}
+
+fn json(value: &impl Serialize) -> ByteString {
+    // unwrap: these messages hold only strings, numbers and booleans; serde_json cannot fail on them.
+    ByteString::from(serde_json::to_string(value).unwrap())
+}

@@ -1,0 +1,449 @@
+//! The hub actor: the registry of races and sessions.
+//!
+//! HTTP handlers ask it to list, load, create, look up and delete; it starts session actors and
+//! loads each race once (concurrent requests for a race wait on the same load) into an
+//! [`EncodedRace`] shared by every session that plays it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use crate::encode::EncodedRace;
+use crate::race::{RaceMeta, RaceReader};
+use crate::session::{End, GetInfo, PlayedRace, Session, SessionInfo};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    #[error("no race {0:?}")]
+    RaceNotFound(String),
+    #[error("no session {0:?}")]
+    SessionNotFound(String),
+    #[error("session {0:?} already exists")]
+    SessionExists(String),
+    #[error("the hub already has its maximum of {0} sessions")]
+    TooManySessions(usize),
+    #[error("invalid id {0:?}: use 1 to 64 of a-z, 0-9, '-' and '_'")]
+    InvalidId(String),
+    #[error("race {race:?} could not be loaded: {reason}")]
+    LoadFailed { race: String, reason: String },
+}
+
+/// True for ids usable in URLs and keys: 1–64 of `[a-z0-9_-]`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A race known to the hub: where its file is and its metadata, ready to serve over HTTP.
+#[derive(Debug, Clone)]
+pub struct RaceEntry {
+    pub path: PathBuf,
+    pub meta: Arc<RaceMeta>,
+    /// `GET /api/races/{race}` body, built once.
+    pub meta_json: Bytes,
+    /// Strong ETag of `meta_json`.
+    pub etag: String,
+}
+
+impl RaceEntry {
+    pub fn new(path: PathBuf, meta: RaceMeta) -> Self {
+        // unwrap: race metadata holds only strings, numbers and arrays of them.
+        let json = serde_json::to_vec(&meta).unwrap();
+        let digest = Sha256::digest(&json);
+        let etag = format!("\"{}\"", hex(&digest[..16]));
+        Self {
+            path,
+            meta: Arc::new(meta),
+            meta_json: Bytes::from(json),
+            etag,
+        }
+    }
+
+    pub fn summary(&self) -> RaceSummary {
+        RaceSummary {
+            id: self.meta.id.clone(),
+            name: self.meta.name.clone(),
+            laps: self.meta.total_laps,
+            drivers: self.meta.drivers.len(),
+            total_frames: self.meta.total_frames,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RaceSummary {
+    pub id: String,
+    pub name: String,
+    pub laps: u16,
+    pub drivers: usize,
+    pub total_frames: u32,
+}
+
+/// Reads and encodes a race file: blocking, run on the blocking pool.
+pub fn load_race_file(path: &Path) -> Result<EncodedRace, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reader = RaceReader::new(BufReader::new(file)).map_err(|e| e.to_string())?;
+    let meta = reader.meta().clone();
+    EncodedRace::build(meta, reader).map_err(|e| e.to_string())
+}
+
+struct SessionEntry {
+    addr: Addr<Session>,
+    race: String,
+    control_token: String,
+}
+
+type LoadResult = Result<Arc<EncodedRace>, HubError>;
+
+pub struct Hub {
+    races: BTreeMap<String, RaceEntry>,
+    loaded: HashMap<String, Arc<EncodedRace>>,
+    loading: HashMap<String, Vec<oneshot::Sender<LoadResult>>>,
+    sessions: BTreeMap<String, SessionEntry>,
+    max_sessions: usize,
+    max_viewers_per_session: usize,
+}
+
+impl Hub {
+    pub fn new(
+        races: impl IntoIterator<Item = RaceEntry>,
+        max_sessions: usize,
+        max_viewers_per_session: usize,
+    ) -> Self {
+        Self {
+            races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
+            loaded: HashMap::new(),
+            loading: HashMap::new(),
+            sessions: BTreeMap::new(),
+            max_sessions,
+            max_viewers_per_session,
+        }
+    }
+
+    /// A future of the encoded race: at once when loaded, else joining (or starting) its load.
+    fn load(&mut self, race: &str, ctx: &mut Context<Self>) -> oneshot::Receiver<LoadResult> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(encoded) = self.loaded.get(race) {
+            let _ = tx.send(Ok(encoded.clone()));
+            return rx;
+        }
+        let Some(entry) = self.races.get(race) else {
+            let _ = tx.send(Err(HubError::RaceNotFound(race.to_owned())));
+            return rx;
+        };
+        if let Some(waiters) = self.loading.get_mut(race) {
+            waiters.push(tx);
+            return rx;
+        }
+        self.loading.insert(race.to_owned(), vec![tx]);
+        let path = entry.path.clone();
+        let race = race.to_owned();
+        tracing::info!(race = %race, path = %path.display(), "loading race");
+        let task = tokio::task::spawn_blocking(move || load_race_file(&path));
+        ctx.spawn(task.into_actor(self).map(move |joined, act, _| {
+            let result = match joined {
+                Ok(Ok(encoded)) => Ok(encoded),
+                Ok(Err(reason)) => Err(reason),
+                Err(panic) => Err(format!("loader failed: {panic}")),
+            };
+            act.finish_load(race, result);
+        }));
+        rx
+    }
+
+    fn finish_load(&mut self, race: String, result: Result<EncodedRace, String>) {
+        let result = match result {
+            Ok(encoded) => {
+                tracing::info!(
+                    race = %race,
+                    frames = encoded.total_frames(),
+                    bytes = encoded.encoded_bytes(),
+                    "race loaded"
+                );
+                let encoded = Arc::new(encoded);
+                self.loaded.insert(race.clone(), encoded.clone());
+                Ok(encoded)
+            }
+            Err(reason) => {
+                tracing::error!(race = %race, %reason, "race load failed");
+                Err(HubError::LoadFailed {
+                    race: race.clone(),
+                    reason,
+                })
+            }
+        };
+        for waiter in self.loading.remove(&race).unwrap_or_default() {
+            let _ = waiter.send(result.clone());
+        }
+    }
+
+    fn check_new_session(&self, id: Option<&str>) -> Result<(), HubError> {
+        if self.sessions.len() >= self.max_sessions {
+            return Err(HubError::TooManySessions(self.max_sessions));
+        }
+        match id {
+            Some(id) if !valid_id(id) => Err(HubError::InvalidId(id.to_owned())),
+            Some(id) if self.sessions.contains_key(id) => {
+                Err(HubError::SessionExists(id.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn start_session(
+        &mut self,
+        id: Option<String>,
+        race: Arc<EncodedRace>,
+        autoplay: bool,
+    ) -> Result<Created, HubError> {
+        // Checked again: another create may have taken the id or the last slot during the load.
+        self.check_new_session(id.as_deref())?;
+        let id = id.unwrap_or_else(|| loop {
+            let candidate = random_token(4);
+            if !self.sessions.contains_key(&candidate) {
+                break candidate;
+            }
+        });
+        let control_token = random_token(16);
+        let addr = Session::new(&id, race.clone(), autoplay, self.max_viewers_per_session).start();
+        tracing::info!(session = %id, race = %race.id(), "session created");
+        self.sessions.insert(
+            id.clone(),
+            SessionEntry {
+                addr,
+                race: race.id().to_owned(),
+                control_token: control_token.clone(),
+            },
+        );
+        Ok(Created {
+            id,
+            race: race.id().to_owned(),
+            control_token,
+        })
+    }
+}
+
+/// A random lowercase hex string of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex(&raw)
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<RaceSummary>")]
+pub struct ListRaces;
+
+impl Handler<ListRaces> for Hub {
+    type Result = MessageResult<ListRaces>;
+    fn handle(&mut self, _: ListRaces, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.races.values().map(RaceEntry::summary).collect())
+    }
+}
+
+/// Metadata of one race, without loading its frames.
+#[derive(Message)]
+#[rtype(result = "Option<RaceEntry>")]
+pub struct GetRace(pub String);
+
+impl Handler<GetRace> for Hub {
+    type Result = Option<RaceEntry>;
+    fn handle(&mut self, msg: GetRace, _: &mut Context<Self>) -> Self::Result {
+        self.races.get(&msg.0).cloned()
+    }
+}
+
+/// The encoded frames of a race, loading them if needed.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<EncodedRace>, HubError>")]
+pub struct LoadRace(pub String);
+
+impl Handler<LoadRace> for Hub {
+    type Result = ResponseFuture<LoadResult>;
+    fn handle(&mut self, msg: LoadRace, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.load(&msg.0, ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(aborted(&msg.0))) })
+    }
+}
+
+fn aborted(race: &str) -> HubError {
+    HubError::LoadFailed {
+        race: race.to_owned(),
+        reason: "the hub is shutting down".into(),
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Created, HubError>")]
+pub struct CreateSession {
+    pub race: String,
+    pub id: Option<String>,
+    pub autoplay: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    pub id: String,
+    pub race: String,
+    pub control_token: String,
+}
+
+impl Handler<CreateSession> for Hub {
+    type Result = ResponseActFuture<Self, Result<Created, HubError>>;
+    fn handle(&mut self, msg: CreateSession, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(err) = self.check_new_session(msg.id.as_deref()) {
+            return Box::pin(fut::ready(Err(err)));
+        }
+        let rx = self.load(&msg.race, ctx);
+        Box::pin(rx.into_actor(self).map(move |loaded, act, _| {
+            let race = loaded.unwrap_or_else(|_| Err(aborted(&msg.race)))?;
+            act.start_session(msg.id, race, msg.autoplay)
+        }))
+    }
+}
+
+/// A session's address and control token, for the WebSocket route.
+#[derive(Message)]
+#[rtype(result = "Option<(Addr<Session>, String)>")]
+pub struct FindSession(pub String);
+
+impl Handler<FindSession> for Hub {
+    type Result = Option<(Addr<Session>, String)>;
+    fn handle(&mut self, msg: FindSession, _: &mut Context<Self>) -> Self::Result {
+        self.sessions
+            .get(&msg.0)
+            .map(|s| (s.addr.clone(), s.control_token.clone()))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<SessionInfo>")]
+pub struct GetSession(pub String);
+
+impl Handler<GetSession> for Hub {
+    type Result = ResponseFuture<Option<SessionInfo>>;
+    fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
+        let addr = self.sessions.get(&msg.0).map(|s| s.addr.clone());
+        Box::pin(async move { addr?.send(GetInfo).await.ok() })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct ListSessions;
+
+impl Handler<ListSessions> for Hub {
+    type Result = ResponseFuture<Vec<SessionInfo>>;
+    fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self
+            .sessions
+            .values()
+            .map(|s| s.addr.send(GetInfo))
+            .collect();
+        Box::pin(async move { join_all(asks).await.into_iter().flatten().collect() })
+    }
+}
+
+/// Deletes a session: its viewers are closed with 1001 and `reason`.
+#[derive(Message)]
+#[rtype(result = "Result<(), HubError>")]
+pub struct DeleteSession {
+    pub id: String,
+    pub reason: String,
+}
+
+impl Handler<DeleteSession> for Hub {
+    type Result = Result<(), HubError>;
+    fn handle(&mut self, msg: DeleteSession, _: &mut Context<Self>) -> Self::Result {
+        let entry = self
+            .sessions
+            .remove(&msg.id)
+            .ok_or(HubError::SessionNotFound(msg.id.clone()))?;
+        tracing::info!(session = %msg.id, race = %entry.race, "session deleted");
+        entry.addr.do_send(End {
+            code: 1001,
+            reason: msg.reason,
+        });
+        Ok(())
+    }
+}
+
+/// Ends every session (viewers get 1001 and `reason`); answers once every session has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub reason: String,
+}
+
+impl Handler<Shutdown> for Hub {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let ends: Vec<_> = std::mem::take(&mut self.sessions)
+            .into_values()
+            .map(|s| {
+                s.addr.send(End {
+                    code: 1001,
+                    reason: msg.reason.clone(),
+                })
+            })
+            .collect();
+        self.loading.clear();
+        Box::pin(async move {
+            join_all(ends).await;
+        })
+    }
+}
+
+/// The encoded race a session plays: lets tests and benches check that sessions share one copy.
+#[derive(Message)]
+#[rtype(result = "Option<Arc<EncodedRace>>")]
+pub struct SessionRace(pub String);
+
+impl Handler<SessionRace> for Hub {
+    type Result = ResponseFuture<Option<Arc<EncodedRace>>>;
+    fn handle(&mut self, msg: SessionRace, _: &mut Context<Self>) -> Self::Result {
+        let addr = self.sessions.get(&msg.0).map(|s| s.addr.clone());
+        Box::pin(async move { addr?.send(PlayedRace).await.ok() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_url_and_key_safe() {
+        for ok in ["demo", "a", "race-2024_bahrain", &"x".repeat(64)] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", "Demo", "a b", "a/b", "ü", &"x".repeat(65), "a:b"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (random_token(16), random_token(16));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

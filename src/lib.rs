@@ -1,0 +1,334 @@
+//! replay-hub: broadcasts Formula 1 race replays to many synchronised viewers.
+//!
+//! [`App::build`] scans the race directory, starts the hub actor and binds the HTTP server;
+//! `main`, the integration tests and the benches all start the real server through it.
+//! `docs/ARCHITECTURE.md` traces a frame from race file to viewer socket.
+
+pub mod api;
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod hub;
+pub mod race;
+pub mod session;
+pub mod viewer;
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, HttpServer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{Config, GenerateArgs};
+use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
+use crate::race::{generate, read_meta, write_race, GenParams};
+use crate::viewer::ViewerLimits;
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("could not generate the demo race: {0}")]
+    Demo(String),
+    #[error("could not bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("could not start the demo session: {0}")]
+    DemoSession(String),
+}
+
+/// A running hub: bound, with its races scanned and its demo session playing.
+pub struct App {
+    server: Server,
+    addr: SocketAddr,
+    hub: Addr<Hub>,
+    admin_token: String,
+    demo: Option<Created>,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Starts everything but does not wait: call [`App::run`]. Must run inside an actix system.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let races = scan_races(&config.data_dir, config.demo_laps)?;
+        let first_race = races.first().map(|r| r.meta.id.clone());
+        let hub = Hub::new(races, config.max_sessions, config.max_viewers_per_session).start();
+        let admin_token = config
+            .admin_token
+            .clone()
+            .unwrap_or_else(|| hub::random_token(16));
+
+        let demo = match (config.demo_session.as_str(), first_race) {
+            ("", _) | (_, None) => None,
+            (id, Some(race)) => Some(
+                hub.send(CreateSession {
+                    race,
+                    id: Some(id.to_owned()),
+                    autoplay: true,
+                })
+                .await
+                .map_err(|e| StartError::DemoSession(e.to_string()))?
+                .map_err(|e| StartError::DemoSession(e.to_string()))?,
+            ),
+        };
+
+        let state = api::ApiState {
+            hub: hub.clone(),
+            admin_token: admin_token.clone(),
+            viewer_limits: ViewerLimits {
+                heartbeat: config.heartbeat(),
+                client_timeout: config.client_timeout(),
+                stall_timeout: config.stall_timeout(),
+                commands_per_second: api::commands_per_second(config.commands_per_second),
+            },
+            max_message_bytes: config.max_message_bytes,
+            max_frames_per_request: config.max_frames_per_request,
+        };
+        let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let max_json = config.max_json_bytes;
+        let user_timeout = Duration::from_millis(config.tcp_user_timeout_ms);
+        let send_buffer = config.socket_send_buffer;
+        let mut server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(web::Data::new(state.clone()))
+                .app_data(api::json_config(max_json))
+                .app_data(api::query_config())
+                .configure(api::configure)
+        })
+        .on_connect(move |conn, _| tune_socket(conn, user_timeout, send_buffer))
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout().as_secs().max(1));
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?
+            .run();
+        Ok(Self {
+            server,
+            addr,
+            hub,
+            admin_token,
+            demo,
+            shutdown_timeout: config.shutdown_timeout(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn hub(&self) -> Addr<Hub> {
+        self.hub.clone()
+    }
+
+    /// The session started at boot, if any.
+    pub fn demo(&self) -> Option<&Created> {
+        self.demo.as_ref()
+    }
+
+    /// Serves until SIGTERM or ctrl-c, then shuts down gracefully.
+    pub async fn run(self) -> io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes: viewers are closed with 1001, the listener stops, and
+    /// the process is done within the shutdown timeout.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + 'static) -> io::Result<()> {
+        let handle = self.server.handle();
+        let hub = self.hub.clone();
+        let timeout = self.shutdown_timeout;
+        // The server future itself processes stop commands, so it is awaited throughout.
+        actix_web::rt::spawn(async move {
+            stop.await;
+            tracing::info!("shutting down: closing viewers");
+            graceful_stop(&hub, &handle, timeout).await;
+        });
+        self.server.await
+    }
+}
+
+async fn graceful_stop(hub: &Addr<Hub>, handle: &ServerHandle, timeout: Duration) {
+    // Stop accepting first, so no viewer joins a session that is being closed.
+    let stop = handle.stop(true);
+    let ended = hub.send(Shutdown {
+        reason: "server shutting down".into(),
+    });
+    if tokio::time::timeout(timeout / 2, ended).await.is_err() {
+        tracing::warn!("sessions did not all end in time");
+    }
+    // Give the close frames a moment to reach the sockets before connections are dropped.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn tune_socket(conn: &dyn std::any::Any, user_timeout: Duration, send_buffer: usize) {
+    let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    let socket = socket2::SockRef::from(stream);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if user_timeout > Duration::ZERO {
+        if let Err(err) = socket.set_tcp_user_timeout(Some(user_timeout)) {
+            tracing::debug!(%err, "TCP_USER_TIMEOUT not set");
+        }
+    }
+    if send_buffer > 0 {
+        if let Err(err) = socket.set_send_buffer_size(send_buffer) {
+            tracing::debug!(%err, "SO_SNDBUF not set");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = user_timeout;
+}
+
+/// Lists the race files in `dir` (creating it if needed); an empty directory gets a generated
+/// demo race so the hub always has something to play. Unreadable files are skipped with a warning.
+pub fn scan_races(dir: &Path, demo_laps: u16) -> Result<Vec<RaceEntry>, StartError> {
+    let dir_err = |source| StartError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(dir_err)?;
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(dir_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "race"))
+        .collect();
+    paths.sort();
+    let mut races: Vec<RaceEntry> = Vec::new();
+    for path in paths {
+        let meta = File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| read_meta(BufReader::new(f)).map_err(|e| e.to_string()));
+        match meta {
+            Ok(meta) if races.iter().any(|r| r.meta.id == meta.id) => {
+                tracing::warn!(path = %path.display(), id = %meta.id, "duplicate race id; skipped");
+            }
+            Ok(meta) => races.push(RaceEntry::new(path, meta)),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "not a usable race file; skipped")
+            }
+        }
+    }
+    if races.is_empty() {
+        let path = dir.join("demo.race");
+        tracing::info!(path = %path.display(), laps = demo_laps, "no races found; generating a demo race");
+        let params = GenParams {
+            laps: demo_laps,
+            ..GenParams::default()
+        };
+        let meta = write_generated(&params, &path, |_, _| {}).map_err(StartError::Demo)?;
+        races.push(RaceEntry::new(path, meta));
+    }
+    Ok(races)
+}
+
+/// Generates a race and writes it atomically (temporary file, then rename).
+fn write_generated(
+    params: &GenParams,
+    path: &Path,
+    progress: impl FnMut(u64, u64),
+) -> Result<race::RaceMeta, String> {
+    let (meta, frames) = generate(params, progress).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("race.tmp");
+    let write = || -> Result<(), String> {
+        let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut out = BufWriter::new(file);
+        write_race(&mut out, &meta, frames).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    Ok(meta)
+}
+
+/// `replay-hub generate`: a deterministic race file, with a progress bar on a terminal.
+pub fn generate_race_file(args: &GenerateArgs) -> Result<race::RaceMeta, String> {
+    let id = match &args.id {
+        Some(id) => id.clone(),
+        None => args
+            .out
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.to_lowercase())
+            .ok_or("cannot derive a race id from --out; pass --id")?,
+    };
+    if !hub::valid_id(&id) {
+        return Err(format!(
+            "invalid race id {id:?}: use 1 to 64 of a-z, 0-9, '-' and '_' (pass --id)"
+        ));
+    }
+    let params = GenParams {
+        laps: args.laps,
+        drivers: args.drivers,
+        seed: args.seed,
+        id,
+        name: args.name.clone(),
+    };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} frames ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let meta = write_generated(&params, &args.out, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    Ok(meta)
+}

@@ -1,0 +1,51 @@
+//! The `replay-hub` binary: parses the command line, sets up logging, runs the command.
+
+use anyhow::Context as _;
+use clap::Parser;
+use replay_hub::config::{Cli, Command};
+use replay_hub::App;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.into_command() {
+        Command::Serve(config) => actix_web::rt::System::new().block_on(serve(config)),
+        Command::Generate(args) => {
+            let started = std::time::Instant::now();
+            let meta = replay_hub::generate_race_file(&args).map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} ({} laps, {} drivers, {} frames) in {:.2} s",
+                args.out.display(),
+                meta.total_laps,
+                meta.drivers.len(),
+                meta.total_frames,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
+    let app = App::build(config)
+        .await
+        .context("replay-hub could not start")?;
+    let mut host = app.addr();
+    if host.ip().is_unspecified() {
+        host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    println!("replay-hub listening on http://{host}");
+    if let Some(demo) = app.demo() {
+        println!("viewer URL:  ws://{host}/ws/sessions/{}", demo.id);
+        println!(
+            "control URL: ws://{host}/ws/sessions/{}?token={}",
+            demo.id, demo.control_token
+        );
+    }
+    println!("admin token: {}", app.admin_token());
+    app.run().await.context("server error")
+}

@@ -1,0 +1,11 @@
+//! Race replays: the data model, the `.f1r` file format and a procedural race generator.
+//! The server reads race files through this module and streams their frames to viewers;
+//! the CLI uses it to generate demo races. File layout: docs/RACE_FORMAT.md.
+
+pub mod file;
+pub mod generate;
+pub mod model;
+
+pub use file::{read_meta, write_race, RaceFileError, RaceReader, Truncation, FORMAT_VERSION};
+pub use generate::{generate, GenError, GenParams};
+pub use model::*;

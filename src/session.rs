@@ -1,0 +1,587 @@
+//! The session actor: one shared playback timeline over a race, ticking at 25 FPS.
+//!
+//! The hub starts one per session; viewer actors join it, send it control commands and receive
+//! its frames. Each tick derives the current frame from the clock and offers each viewer the
+//! shared encoded bytes with `try_send`, so a full viewer mailbox costs a drop, never memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::Serialize;
+
+use crate::encode::{state_message, EncodedRace, PlayState};
+use crate::race::FPS;
+
+/// Slowest and fastest playback speeds a controller may choose.
+pub const SPEED_RANGE: (f64, f64) = (0.25, 16.0);
+
+const TICK: Duration = Duration::from_millis(1000 / FPS as u64);
+
+/// A session's play state, anchored in time: the current frame is computed from the clock
+/// (anchor frame + elapsed × speed × 25), so late timer ticks never slow playback down.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    playing: bool,
+    speed: f64,
+    anchor_frame: u32,
+    anchor_at: Instant,
+    epoch: u64,
+    last_frame: u32,
+}
+
+impl Timeline {
+    pub fn new(total_frames: u32, playing: bool, now: Instant) -> Self {
+        Self {
+            playing,
+            speed: 1.0,
+            anchor_frame: 0,
+            anchor_at: now,
+            epoch: 1,
+            last_frame: total_frames.saturating_sub(1),
+        }
+    }
+
+    /// The frame to show at `now`, clamped to the last frame.
+    pub fn frame_at(&self, now: Instant) -> u32 {
+        if !self.playing {
+            return self.anchor_frame;
+        }
+        let elapsed = now.saturating_duration_since(self.anchor_at).as_secs_f64();
+        let advanced = (elapsed * self.speed * f64::from(FPS)).floor();
+        (f64::from(self.anchor_frame) + advanced).min(f64::from(self.last_frame)) as u32
+    }
+
+    pub fn state(&self, now: Instant) -> PlayState {
+        PlayState {
+            playing: self.playing,
+            speed: self.speed,
+            frame: self.frame_at(now),
+            epoch: self.epoch,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// True once playback has reached the last frame and should stop there.
+    pub fn at_end(&self, now: Instant) -> bool {
+        self.playing && self.frame_at(now) >= self.last_frame
+    }
+
+    /// Applies a command: re-anchors at the current frame and starts a new epoch.
+    pub fn apply(&mut self, command: &Command, now: Instant) {
+        let frame = self.frame_at(now);
+        match *command {
+            // Playing from the last frame restarts the race rather than doing nothing.
+            Command::Play => {
+                self.playing = true;
+                self.anchor_frame = if frame >= self.last_frame { 0 } else { frame };
+            }
+            Command::Pause => {
+                self.playing = false;
+                self.anchor_frame = frame;
+            }
+            Command::Seek(target) => self.anchor_frame = target.min(self.last_frame),
+            Command::Speed(speed) => {
+                self.speed = speed;
+                self.anchor_frame = frame;
+            }
+        }
+        self.anchor_at = now;
+        self.epoch += 1;
+    }
+}
+
+/// A control command, already validated against the race it applies to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Command {
+    Play,
+    Pause,
+    Seek(u32),
+    Speed(f64),
+}
+
+impl Command {
+    /// Parses a client's JSON text command; `total_frames` bounds seeks.
+    pub fn parse(text: &str, total_frames: u32) -> Result<Self, CommandError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| CommandError::new("bad_json", format!("not valid JSON: {e}")))?;
+        let object = value.as_object().ok_or_else(|| {
+            CommandError::new(
+                "bad_command",
+                "a command is a JSON object like {\"cmd\":\"play\"}",
+            )
+        })?;
+        let name = object
+            .get("cmd")
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| CommandError::new("bad_command", "missing string field \"cmd\""))?;
+        match name {
+            "play" => Ok(Self::Play),
+            "pause" => Ok(Self::Pause),
+            "seek" => Self::parse_seek(object, total_frames),
+            "speed" => {
+                let value = number(object, "value")?.ok_or_else(|| {
+                    CommandError::new("bad_argument", "speed needs a number \"value\"")
+                })?;
+                let (min, max) = SPEED_RANGE;
+                if !(min..=max).contains(&value) {
+                    return Err(CommandError::new(
+                        "out_of_range",
+                        format!("speed {value} is outside [{min}, {max}]"),
+                    ));
+                }
+                Ok(Self::Speed(value))
+            }
+            other => Err(CommandError::new(
+                "unknown_command",
+                format!("unknown command {other:?}; expected play, pause, seek or speed"),
+            )),
+        }
+    }
+
+    fn parse_seek(
+        object: &serde_json::Map<String, serde_json::Value>,
+        total_frames: u32,
+    ) -> Result<Self, CommandError> {
+        let last = total_frames.saturating_sub(1);
+        let frame = match (number(object, "frame")?, number(object, "t")?) {
+            (Some(frame), None) => {
+                if frame.fract() != 0.0 || frame < 0.0 || frame > f64::from(last) {
+                    return Err(CommandError::new(
+                        "out_of_range",
+                        format!("frame {frame} is not a whole number in [0, {last}]"),
+                    ));
+                }
+                frame as u32
+            }
+            (None, Some(t)) => {
+                let end = f64::from(last) / f64::from(FPS);
+                if !(0.0..=end).contains(&t) {
+                    return Err(CommandError::new(
+                        "out_of_range",
+                        format!("t {t} s is outside [0, {end}]"),
+                    ));
+                }
+                (t * f64::from(FPS)).round().min(f64::from(last)) as u32
+            }
+            _ => {
+                return Err(CommandError::new(
+                    "bad_argument",
+                    "seek needs exactly one of \"frame\" or \"t\"",
+                ))
+            }
+        };
+        Ok(Self::Seek(frame))
+    }
+
+    /// Short name used in logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Play => "play",
+            Self::Pause => "pause",
+            Self::Seek(_) => "seek",
+            Self::Speed(_) => "speed",
+        }
+    }
+}
+
+fn number(
+    object: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<Option<f64>, CommandError> {
+    match object.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            CommandError::new("bad_argument", format!("\"{key}\" must be a number"))
+        }),
+    }
+}
+
+/// Why a command was not carried out; `code` is the protocol's error code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CommandError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Delivery counters shared by a session and its viewers (atomics, no lock), read by the API.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub frames_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub stalled_closed: AtomicU64,
+}
+
+impl DeliveryStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            stalled_closed: self.stalled_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn count_drop(&self) {
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub bytes_sent: u64,
+    pub stalled_closed: u64,
+}
+
+/// A frame offered to a viewer, with the state of the epoch it belongs to so a viewer that
+/// missed the state message still learns of it before any frame of the new epoch.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub epoch: u64,
+    pub state: ByteString,
+    pub index: u32,
+    pub bytes: Bytes,
+}
+
+/// The session is gone; the viewer closes its socket with this code and reason.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Ended {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// A viewer joins: it will be offered every frame from now on.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, CommandError>")]
+pub struct Join {
+    pub frames: Recipient<Deliver>,
+    pub ended: Recipient<Ended>,
+}
+
+/// What a viewer needs to greet its client and report its deliveries.
+pub struct Joined {
+    pub viewer: u64,
+    pub session: Arc<str>,
+    pub race: Arc<EncodedRace>,
+    pub state: PlayState,
+    pub stats: Arc<DeliveryStats>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub viewer: u64,
+}
+
+/// A controller's command, already parsed and permission-checked by the viewer.
+#[derive(Message)]
+#[rtype(result = "PlayState")]
+pub struct Control(pub Command);
+
+/// Ask for the session's public description.
+#[derive(Message)]
+#[rtype(result = "SessionInfo")]
+pub struct GetInfo;
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub race: String,
+    pub viewers: usize,
+    pub state: PlayState,
+    pub stats: StatsSnapshot,
+}
+
+/// The encoded race this session plays (shared with every other session of the same race).
+#[derive(Message)]
+#[rtype(result = "Arc<EncodedRace>")]
+pub struct PlayedRace;
+
+impl Handler<PlayedRace> for Session {
+    type Result = MessageResult<PlayedRace>;
+    fn handle(&mut self, _: PlayedRace, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.race.clone())
+    }
+}
+
+/// Close every viewer with `code`/`reason` and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct End {
+    pub code: u16,
+    pub reason: String,
+}
+
+struct Subscriber {
+    frames: Recipient<Deliver>,
+    ended: Recipient<Ended>,
+    /// The (epoch, frame) last accepted by this viewer's mailbox; offering stops once it matches.
+    last: Option<(u64, u32)>,
+}
+
+pub struct Session {
+    id: Arc<str>,
+    race: Arc<EncodedRace>,
+    timeline: Timeline,
+    state_msg: ByteString,
+    viewers: HashMap<u64, Subscriber>,
+    next_viewer: u64,
+    max_viewers: usize,
+    stats: Arc<DeliveryStats>,
+}
+
+impl Session {
+    pub fn new(id: &str, race: Arc<EncodedRace>, autoplay: bool, max_viewers: usize) -> Self {
+        let now = Instant::now();
+        let timeline = Timeline::new(race.total_frames(), autoplay, now);
+        Self {
+            id: Arc::from(id),
+            state_msg: state_message(&timeline.state(now)),
+            timeline,
+            race,
+            viewers: HashMap::new(),
+            next_viewer: 1,
+            max_viewers,
+            stats: Arc::default(),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if self.timeline.at_end(now) {
+            self.timeline.apply(&Command::Pause, now);
+            self.state_changed(now);
+        }
+        self.fan_out(now);
+    }
+
+    fn state_changed(&mut self, now: Instant) {
+        self.state_msg = state_message(&self.timeline.state(now));
+    }
+
+    /// Offers the current frame to every viewer that has not accepted it yet. Level-triggered:
+    /// a viewer whose mailbox was full is offered the then-current frame on the next tick.
+    fn fan_out(&mut self, now: Instant) {
+        let epoch = self.timeline.epoch();
+        let index = self.timeline.frame_at(now);
+        let Some(bytes) = self.race.frame(index) else {
+            return;
+        };
+        let mut gone = Vec::new();
+        for (id, viewer) in &mut self.viewers {
+            if viewer.last == Some((epoch, index)) {
+                continue;
+            }
+            let offer = Deliver {
+                epoch,
+                state: self.state_msg.clone(),
+                index,
+                bytes: bytes.clone(),
+            };
+            match viewer.frames.try_send(offer) {
+                Ok(()) => viewer.last = Some((epoch, index)),
+                Err(SendError::Full(_)) => self.stats.count_drop(),
+                Err(SendError::Closed(_)) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            self.viewers.remove(&id);
+        }
+    }
+
+    fn join(&mut self, msg: Join) -> Result<Joined, CommandError> {
+        if self.viewers.len() >= self.max_viewers {
+            return Err(CommandError::new(
+                "session_full",
+                format!("session has its maximum of {} viewers", self.max_viewers),
+            ));
+        }
+        let viewer = self.next_viewer;
+        self.next_viewer += 1;
+        self.viewers.insert(
+            viewer,
+            Subscriber {
+                frames: msg.frames,
+                ended: msg.ended,
+                last: None,
+            },
+        );
+        Ok(Joined {
+            viewer,
+            session: self.id.clone(),
+            race: self.race.clone(),
+            state: self.timeline.state(Instant::now()),
+            stats: self.stats.clone(),
+        })
+    }
+
+    fn control(&mut self, command: Command) -> PlayState {
+        let now = Instant::now();
+        self.timeline.apply(&command, now);
+        self.state_changed(now);
+        tracing::debug!(session = %self.id, command = command.kind(), "control");
+        self.fan_out(now);
+        self.timeline.state(now)
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.id.to_string(),
+            race: self.race.id().to_owned(),
+            viewers: self.viewers.len(),
+            state: self.timeline.state(Instant::now()),
+            stats: self.stats.snapshot(),
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Joins and commands arrive with `send`, which waits for room: keep it modest.
+        ctx.set_mailbox_capacity(256);
+        ctx.run_interval(TICK, |act, _| act.tick());
+    }
+}
+
+impl Handler<Join> for Session {
+    type Result = Result<Joined, CommandError>;
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        self.join(msg)
+    }
+}
+
+impl Handler<Leave> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
+        self.viewers.remove(&msg.viewer);
+    }
+}
+
+impl Handler<Control> for Session {
+    type Result = MessageResult<Control>;
+    fn handle(&mut self, msg: Control, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.control(msg.0))
+    }
+}
+
+impl Handler<GetInfo> for Session {
+    type Result = MessageResult<GetInfo>;
+    fn handle(&mut self, _: GetInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.info())
+    }
+}
+
+impl Handler<End> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: End, ctx: &mut Context<Self>) {
+        for viewer in self.viewers.values() {
+            // One message per viewer, once: the bounded-mailbox rule is for frames.
+            viewer.ended.do_send(Ended {
+                code: msg.code,
+                reason: msg.reason.clone(),
+            });
+        }
+        self.viewers.clear();
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_follows_the_clock_not_the_ticks() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(1000, true, t0);
+        assert_eq!(tl.frame_at(t0), 0);
+        assert_eq!(tl.frame_at(t0 + Duration::from_millis(1000)), 25);
+        tl.apply(&Command::Speed(4.0), t0 + Duration::from_secs(1));
+        assert_eq!(tl.frame_at(t0 + Duration::from_secs(2)), 125);
+        assert_eq!(tl.epoch(), 2);
+    }
+
+    #[test]
+    fn pause_holds_and_seek_reanchors() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(1000, true, t0);
+        tl.apply(&Command::Pause, t0 + Duration::from_secs(2));
+        assert_eq!(tl.frame_at(t0 + Duration::from_secs(60)), 50);
+        tl.apply(&Command::Seek(900), t0 + Duration::from_secs(61));
+        assert_eq!(tl.frame_at(t0 + Duration::from_secs(70)), 900);
+        tl.apply(&Command::Play, t0 + Duration::from_secs(70));
+        assert_eq!(
+            tl.frame_at(t0 + Duration::from_secs(80)),
+            999,
+            "clamped at the end"
+        );
+        assert!(tl.at_end(t0 + Duration::from_secs(80)));
+    }
+
+    #[test]
+    fn play_at_the_end_restarts() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(100, false, t0);
+        tl.apply(&Command::Seek(99), t0);
+        tl.apply(&Command::Play, t0);
+        assert_eq!(tl.frame_at(t0), 0);
+    }
+
+    #[test]
+    fn commands_parse_and_bad_ones_name_the_problem() {
+        assert_eq!(Command::parse(r#"{"cmd":"play"}"#, 100), Ok(Command::Play));
+        assert_eq!(
+            Command::parse(r#"{"cmd":"seek","frame":42}"#, 100),
+            Ok(Command::Seek(42))
+        );
+        assert_eq!(
+            Command::parse(r#"{"cmd":"seek","t":2.0}"#, 100),
+            Ok(Command::Seek(50))
+        );
+        assert_eq!(
+            Command::parse(r#"{"cmd":"speed","value":4}"#, 100),
+            Ok(Command::Speed(4.0))
+        );
+        let cases = [
+            ("{", "bad_json"),
+            ("[1]", "bad_command"),
+            (r#"{"cmd":"rewind"}"#, "unknown_command"),
+            (r#"{"cmd":"seek","frame":100}"#, "out_of_range"),
+            (r#"{"cmd":"seek","frame":-1}"#, "out_of_range"),
+            (r#"{"cmd":"seek","frame":1.5}"#, "out_of_range"),
+            (r#"{"cmd":"seek"}"#, "bad_argument"),
+            (r#"{"cmd":"seek","frame":"x"}"#, "bad_argument"),
+            (r#"{"cmd":"speed","value":32}"#, "out_of_range"),
+            (r#"{"cmd":"speed"}"#, "bad_argument"),
+        ];
+        for (text, code) in cases {
+            let err = Command::parse(text, 100).unwrap_err();
+            assert_eq!(err.code, code, "{text}: {err}");
+            assert!(!err.message.is_empty());
+        }
+    }
+}

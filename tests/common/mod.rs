@@ -1,0 +1,299 @@
+//! Shared test harness: starts the real hub on port 0 in its own actix system thread and talks to
+//! it with real HTTP (reqwest) and WebSocket (tokio-tungstenite) clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix::Addr;
+use futures_util::{SinkExt, StreamExt};
+use replay_hub::config::Config;
+use replay_hub::encode::{decode_frame, DecodedFrame};
+use replay_hub::hub::Hub;
+use replay_hub::race::{generate, write_race, GenParams};
+use replay_hub::session::SessionInfo;
+use replay_hub::App;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Patience for anything a test waits on; generous because CI machines are shared.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A small race file generated once per test binary: 2 laps, 20 drivers.
+pub fn race_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("replay-hub-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("test-race.race");
+        let params = GenParams {
+            laps: 2,
+            drivers: 20,
+            seed: 7,
+            id: "test-race".into(),
+            name: "Test Grand Prix".into(),
+        };
+        let (meta, frames) = generate(&params, |_, _| {}).unwrap();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        write_race(&mut out, &meta, frames).unwrap();
+        std::io::Write::flush(&mut out).unwrap();
+        path
+    })
+}
+
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub hub: Addr<Hub>,
+    pub demo_token: Option<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestHub {
+    /// A hub over the test race with a "demo" session playing.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
+        // Logs only when asked for: RUST_LOG=debug cargo test -- --nocapture
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(race_file(), dir.path().join("test-race.race")).unwrap();
+        let mut config = Config::for_tests(dir.path());
+        config.admin_token = Some("test-admin-token".into());
+        tune(&mut config);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let app = App::build(config).await.expect("hub starts");
+                let demo_token = app.demo().map(|d| d.control_token.clone());
+                ready_tx
+                    .send((
+                        app.addr(),
+                        app.admin_token().to_owned(),
+                        app.hub(),
+                        demo_token,
+                    ))
+                    .unwrap();
+                app.run_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        });
+        let (addr, admin_token, hub, demo_token) =
+            ready_rx.recv_timeout(PATIENCE).expect("hub ready");
+        Self {
+            addr,
+            admin_token,
+            hub,
+            demo_token,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, session: &str, token: Option<&str>) -> String {
+        match token {
+            Some(t) => format!("ws://{}/ws/sessions/{session}?token={t}", self.addr),
+            None => format!("ws://{}/ws/sessions/{session}", self.addr),
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Creates a session with the admin token; returns the 201 body.
+    pub async fn create_session(&self, id: &str, autoplay: bool) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/sessions"))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({"race": "test-race", "id": id, "autoplay": autoplay}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "create session {id}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn session_info(&self, id: &str) -> SessionInfo {
+        let response = self.get(&format!("/api/sessions/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Stops the hub the way SIGTERM does and waits for its thread.
+    pub fn shutdown(mut self) -> std::io::Result<()> {
+        self.stop_thread()
+    }
+
+    fn stop_thread(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().expect("hub thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        let _ = self.stop_thread();
+    }
+}
+
+/// What a viewer received, one WebSocket message at a time.
+#[derive(Debug)]
+pub enum Received {
+    Frame(DecodedFrame, usize),
+    Json(Value),
+    Closed(Option<CloseFrame>),
+}
+
+pub struct Viewer {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub hello: Value,
+}
+
+impl Viewer {
+    /// Connects and reads the hello message.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut viewer = Self {
+            ws,
+            hello: Value::Null,
+        };
+        match viewer.next().await {
+            Received::Json(hello) if hello["type"] == "hello" => viewer.hello = hello,
+            other => panic!("expected hello, got {other:?}"),
+        }
+        viewer
+    }
+
+    /// The next message, decoded; panics after [`PATIENCE`] without one.
+    pub async fn next(&mut self) -> Received {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a message in time");
+            match message {
+                None => return Received::Closed(None),
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(Message::Binary(bytes))) => {
+                    let frame = decode_frame(&bytes).expect("a wire frame");
+                    return Received::Frame(frame, bytes.len());
+                }
+                Some(Ok(Message::Text(text))) => {
+                    return Received::Json(serde_json::from_str(&text).expect("JSON text"))
+                }
+                Some(Ok(Message::Close(frame))) => return Received::Closed(frame),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next JSON message, skipping frames.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Received::Json(v) => return v,
+                Received::Frame(..) => continue,
+                Received::Closed(c) => panic!("closed while waiting for JSON: {c:?}"),
+            }
+        }
+    }
+
+    /// The next JSON message of `type`, skipping frames and other messages.
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// The next frame, skipping JSON messages.
+    pub async fn next_frame(&mut self) -> DecodedFrame {
+        loop {
+            match self.next().await {
+                Received::Frame(f, _) => return f,
+                Received::Json(_) => continue,
+                Received::Closed(c) => panic!("closed while waiting for a frame: {c:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close frame's code (None without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
