@@ -35,6 +35,8 @@ pub enum Command {
     Serve(Config),
     /// Generate a deterministic synthetic race file.
     Generate(GenerateArgs),
+    /// Open many WebSocket viewers against a running hub and report what they receive.
+    Loadtest(LoadtestArgs),
 }
 
 /// Everything `serve` needs; tests build one with [`Config::for_tests`].
@@ -178,6 +180,26 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Arguments of `replay-hub loadtest`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadtestArgs {
+    /// WebSocket URL of a session, e.g. ws://127.0.0.1:8080/ws/sessions/demo
+    #[arg(long)]
+    pub url: String,
+    /// Viewers that read every frame.
+    #[arg(long, default_value_t = 100)]
+    pub viewers: usize,
+    /// Seconds to measure for, after every viewer has connected.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The hub's process id: adds its CPU time per delivered frame and its resident memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -200,3 +200,101 @@ fn json(value: &impl Serialize) -> ByteString {
     // unwrap: these messages hold only strings, numbers and booleans; serde_json cannot fail on them.
     ByteString::from(serde_json::to_string(value).unwrap())
 }
+
+/// Reads just the frame index `i` of a wire frame without decoding the drivers: what the load
+/// tool needs per message, at a fraction of a full decode's cost.
+pub fn frame_index(bytes: &[u8]) -> Option<u32> {
+    let mut rd = bytes;
+    let entries = rmp::decode::read_map_len(&mut rd).ok()?;
+    let mut key = [0u8; 8];
+    for _ in 0..entries {
+        let k = rmp::decode::read_str(&mut rd, &mut key).ok()?;
+        match k {
+            "type" => {
+                let mut value = [0u8; 8];
+                if rmp::decode::read_str(&mut rd, &mut value).ok()? != "frame" {
+                    return None;
+                }
+            }
+            "i" => return rmp::decode::read_int(&mut rd).ok(),
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::race::{generate, GenParams};
+
+    fn small_race() -> EncodedRace {
+        let params = GenParams {
+            laps: 2,
+            drivers: 4,
+            ..GenParams::default()
+        };
+        let (meta, frames) = generate(&params, |_, _| {}).unwrap();
+        EncodedRace::build(meta, frames.into_iter().map(Ok::<_, ()>)).unwrap()
+    }
+
+    #[test]
+    fn frames_decode_to_what_was_encoded_and_share_one_buffer() {
+        let params = GenParams {
+            laps: 2,
+            drivers: 4,
+            ..GenParams::default()
+        };
+        let (meta, frames) = generate(&params, |_, _| {}).unwrap();
+        let race = EncodedRace::build(meta, frames.clone().into_iter().map(Ok::<_, ()>)).unwrap();
+        assert_eq!(race.total_frames() as usize, frames.len());
+        for i in [0, 1, frames.len() as u32 / 2, frames.len() as u32 - 1] {
+            let bytes = race.frame(i).unwrap();
+            let decoded = decode_frame(&bytes).unwrap();
+            let original = &frames[i as usize];
+            assert_eq!(decoded.kind, "frame");
+            assert_eq!(decoded.i, i);
+            assert_eq!(decoded.t, original.t);
+            assert_eq!(decoded.lap, original.lap);
+            assert_eq!(decoded.drivers, original.drivers);
+            assert_eq!(frame_index(&bytes), Some(i));
+            // A slice of the shared buffer, not a copy.
+            assert_eq!(race.frame(i).unwrap().as_ptr(), bytes.as_ptr());
+        }
+        assert!(race.frame(race.total_frames()).is_none());
+    }
+
+    #[test]
+    fn a_frame_range_is_a_msgpack_array_of_the_same_bytes() {
+        let race = small_race();
+        let body = race.frames_msgpack(10, 13);
+        let mut rd = &body[..];
+        assert_eq!(rmp::decode::read_array_len(&mut rd).unwrap(), 3);
+        let expected: Vec<u8> = (10..13)
+            .flat_map(|i| race.frame(i).unwrap().to_vec())
+            .collect();
+        assert_eq!(rd, &expected[..]);
+    }
+
+    #[test]
+    fn control_messages_are_the_documented_json() {
+        let state = PlayState {
+            playing: true,
+            speed: 2.0,
+            frame: 7,
+            epoch: 3,
+        };
+        let v: serde_json::Value = serde_json::from_str(&state_message(&state)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"state","playing":true,"speed":2.0,"frame":7,"epoch":3})
+        );
+        let e: serde_json::Value =
+            serde_json::from_str(&error_message("forbidden", "no token")).unwrap();
+        assert_eq!(
+            e,
+            serde_json::json!({"type":"error","code":"forbidden","message":"no token"})
+        );
+        assert_eq!(frame_index(b"\x80"), None);
+    }
+}

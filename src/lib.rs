@@ -9,6 +9,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod hub;
+pub mod loadtest;
 pub mod race;
 pub mod session;
 pub mod viewer;

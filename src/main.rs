@@ -27,6 +27,19 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Loadtest(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            let json = args.json.clone();
+            let report = runtime
+                .block_on(replay_hub::loadtest::run(args))
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `.f1r` race file: header, msgpack metadata, streamed msgpack frames, checksummed trailer.
+//! The `.race` file: header, msgpack metadata, streamed msgpack frames, checksummed trailer.
 //! The server lists races with [`read_meta`] and streams frames with [`RaceReader`]; the
 //! generator CLI and exporters write files with [`write_race`]. Layout: docs/RACE_FORMAT.md.
 

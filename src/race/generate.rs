@@ -1886,7 +1886,7 @@ mod tests {
         let (meta, frames) = generate(&p, |_, _| {}).unwrap();
         let generated = start.elapsed();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("demo.f1r");
+        let path = dir.path().join("demo.race");
         let start = Instant::now();
         let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
         write_race(file, &meta, frames).unwrap();

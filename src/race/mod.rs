@@ -1,4 +1,4 @@
-//! Race replays: the data model, the `.f1r` file format and a procedural race generator.
+//! Race replays: the data model, the `.race` file format and a procedural race generator.
 //! The server reads race files through this module and streams their frames to viewers;
 //! the CLI uses it to generate demo races. File layout: docs/RACE_FORMAT.md.
 
