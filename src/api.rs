@@ -4,18 +4,22 @@
 //! route upgrades the connection and starts a [`Viewer`] actor for it.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::http::header::{self, EntityTag, IfNoneMatch};
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use crate::cache::RaceCache;
 use crate::error::ApiError;
 use crate::hub::{
-    CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub, ListRaces, ListSessions,
-    LoadRace,
+    random_token, valid_id, CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub,
+    ImportRace, ListRaces, ListSessions, LoadRace,
 };
 use crate::viewer::{ClosableBody, Viewer, ViewerLimits};
 
@@ -27,14 +31,21 @@ pub struct ApiState {
     pub viewer_limits: ViewerLimits,
     pub max_message_bytes: usize,
     pub max_frames_per_request: u32,
+    pub max_upload_bytes: u64,
+    /// Where uploads are staged and kept.
+    pub data_dir: std::path::PathBuf,
+    /// Read for readiness only; the hub does the caching.
+    pub cache: Option<Arc<RaceCache>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .service(
             web::scope("/api")
                 .route("/races", web::get().to(list_races))
                 .route("/races/{race}", web::get().to(race_meta))
+                .route("/races/{race}", web::put().to(upload_race))
                 .route("/races/{race}/frames", web::get().to(race_frames))
                 .route("/sessions", web::get().to(list_sessions))
                 .route("/sessions", web::post().to(create_session))
@@ -58,6 +69,84 @@ pub fn query_config() -> web::QueryConfig {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when the cache backend answers (or there is none): a hub without its cache still
+/// serves, but a load balancer should prefer one with it.
+async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+    let cache = state.cache.as_ref().map(|c| {
+        json!({
+            "backend": c.backend(),
+            "ready": c.is_ready(),
+            "stats": c.stats.snapshot(),
+        })
+    });
+    let ready = state.cache.as_ref().is_none_or(|c| c.is_ready());
+    let body = json!({"ready": ready, "cache": cache});
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Adds or replaces a race: the body (a race file) is streamed to a staging file under the
+/// size limit, then validated and encoded by the hub before it is kept or cached.
+async fn upload_race(
+    req: HttpRequest,
+    race: web::Path<String>,
+    mut body: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let id = race.into_inner();
+    if !valid_id(&id) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid race id {id:?}: use 1 to 64 of a-z, 0-9, '-' and '_'"
+        )));
+    }
+    let upload = state
+        .data_dir
+        .join(format!(".{id}.{}.upload", random_token(4)));
+    let staged = stage_upload(&mut body, &upload, state.max_upload_bytes).await;
+    if let Err(err) = staged {
+        let _ = tokio::fs::remove_file(&upload).await;
+        return Err(err);
+    }
+    let imported = state.hub.send(ImportRace { id, upload }).await??;
+    let mut response = if imported.created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(response.json(imported.race))
+}
+
+async fn stage_upload(
+    body: &mut web::Payload,
+    path: &std::path::Path,
+    limit: u64,
+) -> Result<(), ApiError> {
+    let internal = |e: std::io::Error| ApiError::Internal(format!("staging the upload: {e}"));
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(ApiError::TooLarge(format!(
+                "race file over the limit of {limit} bytes"
+            )));
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    if received == 0 {
+        return Err(ApiError::BadRequest(
+            "empty body: send the race file".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn list_races(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cache::{CacheSpec, Compression};
+
 /// replay-hub: broadcast Formula 1 race replays to many synchronised viewers.
 ///
 /// With no subcommand, `serve` runs with its defaults.
@@ -35,8 +37,35 @@ pub enum Command {
     Serve(Config),
     /// Generate a deterministic synthetic race file.
     Generate(GenerateArgs),
+    /// Validate a race file, encode it and store it in the cache, for any hub to serve.
+    Import(ImportArgs),
     /// Open many WebSocket viewers against a running hub and report what they receive.
     Loadtest(LoadtestArgs),
+}
+
+/// Where encoded races are cached; shared by `serve` and `import`.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// Encoded-race cache: redis://host:6379/0, dir:PATH or none. Default: dir:<data-dir>/cache.
+    #[arg(long, env = "REPLAY_HUB_CACHE")]
+    pub cache: Option<CacheSpec>,
+
+    /// Prefix of every cache key, so several deployments can share one Redis.
+    #[arg(long, env = "REPLAY_HUB_CACHE_PREFIX", default_value = "replay-hub")]
+    pub cache_prefix: String,
+
+    /// Compression of cached frame chunks.
+    #[arg(long, env = "REPLAY_HUB_CACHE_COMPRESSION", value_enum, default_value_t = Compression::Zstd)]
+    pub cache_compression: Compression,
+}
+
+impl CacheArgs {
+    /// The cache to use, with the default (a directory under the data directory) filled in.
+    pub fn spec(&self, data_dir: &std::path::Path) -> CacheSpec {
+        self.cache
+            .clone()
+            .unwrap_or_else(|| CacheSpec::Dir(data_dir.join("cache")))
+    }
 }
 
 /// Everything `serve` needs; tests build one with [`Config::for_tests`].
@@ -50,6 +79,13 @@ pub struct Config {
     /// demo race is generated into it.
     #[arg(long, env = "REPLAY_HUB_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// Largest race file accepted by `PUT /api/races/{id}`, in bytes.
+    #[arg(long, env = "REPLAY_HUB_MAX_UPLOAD_BYTES", default_value_t = 512 << 20)]
+    pub max_upload_bytes: u64,
 
     /// Bearer token for admin endpoints (create/delete sessions). Generated and printed when unset.
     #[arg(long, env = "REPLAY_HUB_ADMIN_TOKEN", hide_env_values = true)]
@@ -180,6 +216,20 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Arguments of `replay-hub import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The race file to import.
+    pub file: PathBuf,
+
+    /// Data directory whose cache is the default.
+    #[arg(long, env = "REPLAY_HUB_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Arguments of `replay-hub loadtest`.

@@ -16,6 +16,10 @@ use crate::race::{DriverFrame, Frame, RaceMeta};
 /// Protocol version announced in `hello`; bump on any incompatible message change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Version of the wire frame encoding; bump whenever [`encode_frame`]'s output changes, so no
+/// cache ever serves bytes of an older encoding.
+pub const ENCODING_VERSION: u32 = 1;
+
 /// A race's metadata plus every frame already encoded for the wire, shared by all sessions that
 /// play it: one copy in memory however many sessions and viewers use it.
 #[derive(Debug)]
@@ -45,6 +49,15 @@ impl EncodedRace {
             buf: buf.freeze(),
             offsets,
         })
+    }
+
+    /// Rebuilds a race from bytes produced by [`EncodedRace::build`] (read back from a cache).
+    pub fn from_parts(meta: RaceMeta, buf: Bytes, offsets: Vec<u32>) -> Self {
+        Self {
+            meta: Arc::new(meta),
+            buf,
+            offsets,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -194,6 +207,13 @@ pub fn error_message(code: &str, message: &str) -> ByteString {
         code,
         message,
     })
+}
+
+/// Msgpack with structs as arrays, the compact form the race file and the cache use.
+pub fn to_compact_msgpack(value: &impl Serialize) -> Vec<u8> {
+    // unwrap: the values encoded here (race metadata, cache manifests) hold only strings,
+    // numbers and arrays, and the writer is memory, so serialisation cannot fail.
+    rmp_serde::to_vec(value).unwrap()
 }
 
 fn json(value: &impl Serialize) -> ByteString {

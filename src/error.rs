@@ -18,6 +18,8 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -30,6 +32,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
             Self::Conflict(_) => "conflict",
+            Self::TooLarge(_) => "too_large",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -49,6 +52,7 @@ impl ResponseError for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,7 +76,8 @@ impl From<HubError> for ApiError {
         match err {
             HubError::RaceNotFound(_) | HubError::SessionNotFound(_) => Self::NotFound(message),
             HubError::SessionExists(_) => Self::Conflict(message),
-            HubError::InvalidId(_) => Self::BadRequest(message),
+            HubError::InvalidId(_) | HubError::InvalidRace(_) => Self::BadRequest(message),
+            HubError::Storage(_) => Self::Internal(message),
             HubError::TooManySessions(_) => Self::Unavailable(message),
             HubError::LoadFailed { .. } => Self::Internal(message),
         }

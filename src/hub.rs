@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::cache::{file_content_id, CacheError, RaceCache};
 use crate::encode::EncodedRace;
 use crate::race::{RaceMeta, RaceReader};
 use crate::session::{End, GetInfo, PlayedRace, Session, SessionInfo};
@@ -35,6 +37,10 @@ pub enum HubError {
     InvalidId(String),
     #[error("race {race:?} could not be loaded: {reason}")]
     LoadFailed { race: String, reason: String },
+    #[error("invalid race file: {0}")]
+    InvalidRace(String),
+    #[error("could not store the race: {0}")]
+    Storage(String),
 }
 
 /// True for ids usable in URLs and keys: 1–64 of `[a-z0-9_-]`.
@@ -45,10 +51,11 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// A race known to the hub: where its file is and its metadata, ready to serve over HTTP.
+/// A race known to the hub: where its file is (none when it is only in the cache) and its
+/// metadata, ready to serve over HTTP.
 #[derive(Debug, Clone)]
 pub struct RaceEntry {
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
     pub meta: Arc<RaceMeta>,
     /// `GET /api/races/{race}` body, built once.
     pub meta_json: Bytes,
@@ -57,7 +64,7 @@ pub struct RaceEntry {
 }
 
 impl RaceEntry {
-    pub fn new(path: PathBuf, meta: RaceMeta) -> Self {
+    pub fn new(path: Option<PathBuf>, meta: RaceMeta) -> Self {
         // unwrap: race metadata holds only strings, numbers and arrays of them.
         let json = serde_json::to_vec(&meta).unwrap();
         let digest = Sha256::digest(&json);
@@ -102,6 +109,72 @@ pub fn load_race_file(path: &Path) -> Result<EncodedRace, String> {
     EncodedRace::build(meta, reader).map_err(|e| e.to_string())
 }
 
+/// The load path: the cache first (when it holds this race for this file and encoding), then
+/// the race file, whose encoding is written back to the cache in the background.
+async fn load_race(
+    id: String,
+    path: Option<PathBuf>,
+    cache: Option<Arc<RaceCache>>,
+) -> Result<Arc<EncodedRace>, String> {
+    let content = match &path {
+        Some(p) => {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || file_content_id(&p))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+        None => None,
+    };
+    let mut cache_error = None;
+    if let Some(cache) = &cache {
+        let started = std::time::Instant::now();
+        match cache.load(&id, content.as_deref()).await {
+            Ok(Some(race)) => {
+                cache.stats.hits.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(race = %id, backend = cache.backend(), seconds = started.elapsed().as_secs_f64(), "race loaded from the cache");
+                return Ok(Arc::new(race));
+            }
+            Ok(None) => {
+                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err @ CacheError::Corrupt { .. }) => {
+                cache.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                cache_error = Some(err.to_string());
+            }
+            Err(err) => {
+                cache.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(race = %id, %err, "cache read failed; loading the race file");
+                cache_error = Some(err.to_string());
+            }
+        }
+    }
+    let Some(path) = path else {
+        return Err(match cache_error {
+            Some(err) => format!("it has no race file and the cache failed: {err}"),
+            None => "it has no race file and is not in the cache".into(),
+        });
+    };
+    let race = tokio::task::spawn_blocking(move || load_race_file(&path))
+        .await
+        .map_err(|e| format!("loader failed: {e}"))??;
+    let race = Arc::new(race);
+    if let (Some(cache), Some(content)) = (cache, content) {
+        write_back(cache, race.clone(), content);
+    }
+    Ok(race)
+}
+
+/// Stores a race in the cache without anyone waiting for it.
+fn write_back(cache: Arc<RaceCache>, race: Arc<EncodedRace>, content: String) {
+    tokio::spawn(async move {
+        if let Err(err) = cache.store(&race, &content).await {
+            cache.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(race = %race.id(), %err, "cache write failed");
+        }
+    });
+}
+
 struct SessionEntry {
     addr: Addr<Session>,
     race: String,
@@ -115,6 +188,8 @@ pub struct Hub {
     loaded: HashMap<String, Arc<EncodedRace>>,
     loading: HashMap<String, Vec<oneshot::Sender<LoadResult>>>,
     sessions: BTreeMap<String, SessionEntry>,
+    cache: Option<Arc<RaceCache>>,
+    data_dir: PathBuf,
     max_sessions: usize,
     max_viewers_per_session: usize,
 }
@@ -122,10 +197,14 @@ pub struct Hub {
 impl Hub {
     pub fn new(
         races: impl IntoIterator<Item = RaceEntry>,
+        cache: Option<Arc<RaceCache>>,
+        data_dir: PathBuf,
         max_sessions: usize,
         max_viewers_per_session: usize,
     ) -> Self {
         Self {
+            cache,
+            data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
             loaded: HashMap::new(),
             loading: HashMap::new(),
@@ -153,20 +232,15 @@ impl Hub {
         self.loading.insert(race.to_owned(), vec![tx]);
         let path = entry.path.clone();
         let race = race.to_owned();
-        tracing::info!(race = %race, path = %path.display(), "loading race");
-        let task = tokio::task::spawn_blocking(move || load_race_file(&path));
-        ctx.spawn(task.into_actor(self).map(move |joined, act, _| {
-            let result = match joined {
-                Ok(Ok(encoded)) => Ok(encoded),
-                Ok(Err(reason)) => Err(reason),
-                Err(panic) => Err(format!("loader failed: {panic}")),
-            };
+        tracing::info!(race = %race, "loading race");
+        let task = load_race(race.clone(), path, self.cache.clone());
+        ctx.spawn(task.into_actor(self).map(move |result, act, _| {
             act.finish_load(race, result);
         }));
         rx
     }
 
-    fn finish_load(&mut self, race: String, result: Result<EncodedRace, String>) {
+    fn finish_load(&mut self, race: String, result: Result<Arc<EncodedRace>, String>) {
         let result = match result {
             Ok(encoded) => {
                 tracing::info!(
@@ -175,7 +249,6 @@ impl Hub {
                     bytes = encoded.encoded_bytes(),
                     "race loaded"
                 );
-                let encoded = Arc::new(encoded);
                 self.loaded.insert(race.clone(), encoded.clone());
                 Ok(encoded)
             }
@@ -203,6 +276,31 @@ impl Hub {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Learns of a race that only the cache knows (imported elsewhere, or its file is gone),
+    /// then carries on: at once when the race is known or there is no cache.
+    fn discover(&self, id: &str) -> ResponseActFuture<Self, ()> {
+        let cache = match &self.cache {
+            Some(cache) if !self.races.contains_key(id) && valid_id(id) => cache.clone(),
+            _ => return Box::pin(fut::ready(())),
+        };
+        let id = id.to_owned();
+        let lookup = async move { cache.meta(&id).await };
+        Box::pin(lookup.into_actor(self).map(|found, act, _| match found {
+            Ok(Some(meta)) => act.learn(None, meta),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "cache lookup failed"),
+        }))
+    }
+
+    /// Adds (or replaces) a race in the catalogue; a file-backed entry wins over a cache-only one.
+    fn learn(&mut self, path: Option<PathBuf>, meta: RaceMeta) {
+        let id = meta.id.clone();
+        if path.is_none() && self.races.get(&id).is_some_and(|r| r.path.is_some()) {
+            return;
+        }
+        self.races.insert(id, RaceEntry::new(path, meta));
     }
 
     fn start_session(
@@ -253,9 +351,29 @@ impl Actor for Hub {
 pub struct ListRaces;
 
 impl Handler<ListRaces> for Hub {
-    type Result = MessageResult<ListRaces>;
+    type Result = ResponseActFuture<Self, Vec<RaceSummary>>;
     fn handle(&mut self, _: ListRaces, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.races.values().map(RaceEntry::summary).collect())
+        let known: Vec<String> = self.races.keys().cloned().collect();
+        let cache = self.cache.clone().filter(|c| c.is_ready());
+        let lookup = async move {
+            let Some(cache) = cache else {
+                return Vec::new();
+            };
+            let ids = cache.race_ids().await.unwrap_or_default();
+            let mut found = Vec::new();
+            for id in ids.into_iter().filter(|id| !known.contains(id)) {
+                if let Ok(Some(meta)) = cache.meta(&id).await {
+                    found.push(meta);
+                }
+            }
+            found
+        };
+        Box::pin(lookup.into_actor(self).map(|found, act, _| {
+            for meta in found {
+                act.learn(None, meta);
+            }
+            act.races.values().map(RaceEntry::summary).collect()
+        }))
     }
 }
 
@@ -265,9 +383,12 @@ impl Handler<ListRaces> for Hub {
 pub struct GetRace(pub String);
 
 impl Handler<GetRace> for Hub {
-    type Result = Option<RaceEntry>;
+    type Result = ResponseActFuture<Self, Option<RaceEntry>>;
     fn handle(&mut self, msg: GetRace, _: &mut Context<Self>) -> Self::Result {
-        self.races.get(&msg.0).cloned()
+        Box::pin(
+            self.discover(&msg.0)
+                .map(move |(), act, _| act.races.get(&msg.0).cloned()),
+        )
     }
 }
 
@@ -277,10 +398,12 @@ impl Handler<GetRace> for Hub {
 pub struct LoadRace(pub String);
 
 impl Handler<LoadRace> for Hub {
-    type Result = ResponseFuture<LoadResult>;
-    fn handle(&mut self, msg: LoadRace, ctx: &mut Context<Self>) -> Self::Result {
-        let rx = self.load(&msg.0, ctx);
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(aborted(&msg.0))) })
+    type Result = ResponseActFuture<Self, LoadResult>;
+    fn handle(&mut self, msg: LoadRace, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.discover(&msg.0).then(move |(), act, ctx| {
+            let rx = act.load(&msg.0, ctx);
+            async move { rx.await.unwrap_or_else(|_| Err(aborted(&msg.0))) }.into_actor(act)
+        }))
     }
 }
 
@@ -312,10 +435,79 @@ impl Handler<CreateSession> for Hub {
         if let Err(err) = self.check_new_session(msg.id.as_deref()) {
             return Box::pin(fut::ready(Err(err)));
         }
-        let rx = self.load(&msg.race, ctx);
-        Box::pin(rx.into_actor(self).map(move |loaded, act, _| {
-            let race = loaded.unwrap_or_else(|_| Err(aborted(&msg.race)))?;
-            act.start_session(msg.id, race, msg.autoplay)
+        let _ = ctx;
+        Box::pin(self.discover(&msg.race).then(move |(), act, ctx| {
+            let rx = act.load(&msg.race, ctx);
+            rx.into_actor(act).map(move |loaded, act, _| {
+                let race = loaded.unwrap_or_else(|_| Err(aborted(&msg.race)))?;
+                act.start_session(msg.id, race, msg.autoplay)
+            })
+        }))
+    }
+}
+
+/// Adds or replaces a race from an uploaded file: validated and encoded before anything is
+/// kept, so a bad upload leaves no trace; then moved into the data directory and cached.
+#[derive(Message)]
+#[rtype(result = "Result<Imported, HubError>")]
+pub struct ImportRace {
+    pub id: String,
+    /// A temporary file in the data directory; removed on failure.
+    pub upload: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Imported {
+    pub race: RaceSummary,
+    /// False when an existing race of that id was replaced.
+    pub created: bool,
+}
+
+impl Handler<ImportRace> for Hub {
+    type Result = ResponseActFuture<Self, Result<Imported, HubError>>;
+    fn handle(&mut self, msg: ImportRace, _: &mut Context<Self>) -> Self::Result {
+        let target = self.data_dir.join(format!("{}.race", msg.id));
+        let ImportRace { id, upload } = msg;
+        let work = async move {
+            let checked = tokio::task::spawn_blocking(move || -> Result<_, HubError> {
+                let race = load_race_file(&upload).map_err(HubError::InvalidRace);
+                let race = race.and_then(|race| {
+                    if race.id() != id {
+                        return Err(HubError::InvalidRace(format!(
+                            "the file holds race {:?}, not {id:?}",
+                            race.id()
+                        )));
+                    }
+                    let content = file_content_id(&upload).map_err(HubError::InvalidRace)?;
+                    std::fs::rename(&upload, &target)
+                        .map_err(|e| HubError::Storage(format!("{}: {e}", target.display())))?;
+                    Ok((race, content, target))
+                });
+                if race.is_err() {
+                    let _ = std::fs::remove_file(&upload);
+                }
+                race
+            });
+            checked
+                .await
+                .map_err(|e| HubError::Storage(e.to_string()))?
+        };
+        Box::pin(work.into_actor(self).map(|result, act, _| {
+            let (race, content, path) = result?;
+            let race = Arc::new(race);
+            let id = race.id().to_owned();
+            let created = !act.races.contains_key(&id);
+            act.races
+                .insert(id.clone(), RaceEntry::new(Some(path), (*race.meta).clone()));
+            act.loaded.insert(id.clone(), race.clone());
+            if let Some(cache) = &act.cache {
+                write_back(cache.clone(), race, content);
+            }
+            tracing::info!(race = %id, created, "race imported");
+            Ok(Imported {
+                race: act.races[&id].summary(),
+                created,
+            })
         }))
     }
 }

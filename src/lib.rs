@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md` traces a frame from race file to viewer socket.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod encode;
 pub mod error;
@@ -26,6 +27,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, HttpServer};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
 use crate::race::{generate, read_meta, write_race, GenParams};
@@ -57,9 +59,31 @@ pub struct App {
 impl App {
     /// Starts everything but does not wait: call [`App::run`]. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let races = scan_races(&config.data_dir, config.demo_laps)?;
-        let first_race = races.first().map(|r| r.meta.id.clone());
-        let hub = Hub::new(races, config.max_sessions, config.max_viewers_per_session).start();
+        let cache = RaceCache::open(
+            &config.cache.spec(&config.data_dir),
+            &config.cache.cache_prefix,
+            config.cache.cache_compression,
+        );
+        let mut races = scan_races(&config.data_dir)?;
+        let cached = match &cache {
+            Some(cache) => cached_race_ids(cache).await,
+            None => Vec::new(),
+        };
+        if races.is_empty() && cached.is_empty() {
+            races.push(generate_demo(&config.data_dir, config.demo_laps)?);
+        }
+        let first_race = races
+            .first()
+            .map(|r| r.meta.id.clone())
+            .or_else(|| cached.first().cloned());
+        let hub = Hub::new(
+            races,
+            cache.clone(),
+            config.data_dir.clone(),
+            config.max_sessions,
+            config.max_viewers_per_session,
+        )
+        .start();
         let admin_token = config
             .admin_token
             .clone()
@@ -90,6 +114,9 @@ impl App {
             },
             max_message_bytes: config.max_message_bytes,
             max_frames_per_request: config.max_frames_per_request,
+            max_upload_bytes: config.max_upload_bytes,
+            data_dir: config.data_dir.clone(),
+            cache,
         };
         let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
             addr: config.bind,
@@ -231,9 +258,27 @@ fn tune_socket(conn: &dyn std::any::Any, user_timeout: Duration, send_buffer: us
     let _ = user_timeout;
 }
 
-/// Lists the race files in `dir` (creating it if needed); an empty directory gets a generated
-/// demo race so the hub always has something to play. Unreadable files are skipped with a warning.
-pub fn scan_races(dir: &Path, demo_laps: u16) -> Result<Vec<RaceEntry>, StartError> {
+/// The races a cache holds, asked at start-up. A Redis that is slow to answer is given a
+/// moment; after that the hub starts without it and learns of cached races on demand.
+async fn cached_race_ids(cache: &RaceCache) -> Vec<String> {
+    for _ in 0..20 {
+        if cache.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !cache.is_ready() {
+        return Vec::new();
+    }
+    cache.race_ids().await.unwrap_or_else(|err| {
+        tracing::warn!(%err, "could not list cached races");
+        Vec::new()
+    })
+}
+
+/// Lists the race files in `dir` (creating it if needed). Unreadable files are skipped with a
+/// warning; loading them later gives the precise error.
+pub fn scan_races(dir: &Path) -> Result<Vec<RaceEntry>, StartError> {
     let dir_err = |source| StartError::DataDir {
         path: dir.to_owned(),
         source,
@@ -254,23 +299,25 @@ pub fn scan_races(dir: &Path, demo_laps: u16) -> Result<Vec<RaceEntry>, StartErr
             Ok(meta) if races.iter().any(|r| r.meta.id == meta.id) => {
                 tracing::warn!(path = %path.display(), id = %meta.id, "duplicate race id; skipped");
             }
-            Ok(meta) => races.push(RaceEntry::new(path, meta)),
+            Ok(meta) => races.push(RaceEntry::new(Some(path), meta)),
             Err(err) => {
                 tracing::warn!(path = %path.display(), %err, "not a usable race file; skipped")
             }
         }
     }
-    if races.is_empty() {
-        let path = dir.join("demo.race");
-        tracing::info!(path = %path.display(), laps = demo_laps, "no races found; generating a demo race");
-        let params = GenParams {
-            laps: demo_laps,
-            ..GenParams::default()
-        };
-        let meta = write_generated(&params, &path, |_, _| {}).map_err(StartError::Demo)?;
-        races.push(RaceEntry::new(path, meta));
-    }
     Ok(races)
+}
+
+/// A short generated race, so a hub with no races still has something to play.
+fn generate_demo(dir: &Path, laps: u16) -> Result<RaceEntry, StartError> {
+    let path = dir.join("demo.race");
+    tracing::info!(path = %path.display(), laps, "no races found; generating a demo race");
+    let params = GenParams {
+        laps,
+        ..GenParams::default()
+    };
+    let meta = write_generated(&params, &path, |_, _| {}).map_err(StartError::Demo)?;
+    Ok(RaceEntry::new(Some(path), meta))
 }
 
 /// Generates a race and writes it atomically (temporary file, then rename).
@@ -292,6 +339,44 @@ fn write_generated(
         let _ = fs::remove_file(&tmp);
     })?;
     Ok(meta)
+}
+
+/// `replay-hub import`: validates and encodes a race file, then stores it in the cache.
+pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, String> {
+    let spec = args.cache.spec(&args.data_dir);
+    let cache = RaceCache::open(
+        &spec,
+        &args.cache.cache_prefix,
+        args.cache.cache_compression,
+    )
+    .ok_or("--cache none: there is no cache to import into")?;
+    let path = args.file.clone();
+    let started = std::time::Instant::now();
+    let content = cache::file_content_id(&path)?;
+    let race = tokio::task::spawn_blocking(move || hub::load_race_file(&path))
+        .await
+        .map_err(|e| e.to_string())??;
+    let encoded = started.elapsed();
+    for _ in 0..100 {
+        if cache.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let race = std::sync::Arc::new(race);
+    cache
+        .store(&race, &content)
+        .await
+        .map_err(|e| format!("{} cache: {e}", cache.backend()))?;
+    Ok(format!(
+        "imported race {:?} ({} frames, {} encoded bytes) into the {} cache in {:.2} s ({:.2} s to validate and encode)",
+        race.id(),
+        race.total_frames(),
+        race.encoded_bytes(),
+        cache.backend(),
+        started.elapsed().as_secs_f64(),
+        encoded.as_secs_f64()
+    ))
 }
 
 /// `replay-hub generate`: a deterministic race file, with a progress bar on a terminal.

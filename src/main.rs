@@ -27,6 +27,14 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Import(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            let summary = runtime
+                .block_on(replay_hub::import_race_file(&args))
+                .map_err(anyhow::Error::msg)?;
+            println!("{summary}");
+            Ok(())
+        }
         Command::Loadtest(args) => {
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             let json = args.json.clone();

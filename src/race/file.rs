@@ -69,47 +69,8 @@ fn at_frame(frame: Option<u32>) -> String {
     }
 }
 
-/// CRC-32 (IEEE, as zlib/`binascii.crc32`): catches corruption, and every language has it.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-#[derive(Clone, Copy)]
-struct Crc32(u32);
-
-impl Crc32 {
-    fn new() -> Self {
-        Crc32(0xffff_ffff)
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        let mut c = self.0;
-        for &b in bytes {
-            c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.0 = c;
-    }
-
-    fn value(self) -> u32 {
-        self.0 ^ 0xffff_ffff
-    }
-}
+/// CRC-32 (IEEE, as zlib/`binascii.crc32`) catches corruption, and every language has it.
+type Crc32 = crc32fast::Hasher;
 
 /// Hashes every byte consumed and remembers whether the source ran dry.
 struct HashingReader<R> {
@@ -366,12 +327,39 @@ pub fn write_race<W: Write>(
             meta.total_frames
         )));
     }
-    let checksum = w.hash.value();
+    let checksum = w.hash.clone().finalize();
     w.put(&END_MAGIC)?;
     w.put(&count.to_be_bytes())?;
     w.put(&checksum.to_be_bytes())?;
     w.inner.flush()?;
     Ok(())
+}
+
+/// The checksum stored in a race file's trailer, read without touching the frames: a cheap
+/// identity of the file's content (the cache keys encoded frames by it). It does not validate
+/// the file; loading does.
+pub fn stored_checksum<R: Read + std::io::Seek>(mut input: R) -> Result<u32, RaceFileError> {
+    use std::io::SeekFrom;
+    let len = input.seek(SeekFrom::End(0))?;
+    if len < (HEADER_LEN + TRAILER_LEN) as u64 {
+        return Err(RaceFileError::Truncated(Truncation::Trailer {
+            found: len.saturating_sub(HEADER_LEN as u64) as usize,
+        }));
+    }
+    input.seek(SeekFrom::End(-(TRAILER_LEN as i64)))?;
+    let mut trailer = [0u8; TRAILER_LEN];
+    input.read_exact(&mut trailer)?;
+    if trailer[..8] != END_MAGIC {
+        return Err(RaceFileError::Invalid(
+            "no end marker where the trailer should be: truncated or not a race file".into(),
+        ));
+    }
+    Ok(u32::from_be_bytes([
+        trailer[12],
+        trailer[13],
+        trailer[14],
+        trailer[15],
+    ]))
 }
 
 /// Reads only the header and metadata, so listing a directory of races stays cheap.
@@ -467,7 +455,7 @@ impl<R: Read> RaceReader<R> {
     }
 
     fn check_trailer(&mut self) -> Result<(), RaceFileError> {
-        let computed = self.src.hash.value();
+        let computed = self.src.hash.clone().finalize();
         let mut trailer = [0u8; TRAILER_LEN];
         let n = read_full(&mut self.src, &mut trailer)?;
         if n < TRAILER_LEN {
@@ -562,7 +550,7 @@ mod tests {
         let mut c = Crc32::new();
         c.update(b"1234");
         c.update(b"56789");
-        assert_eq!(c.value(), 0xcbf4_3926);
+        assert_eq!(c.finalize(), 0xcbf4_3926);
     }
 
     #[test]
@@ -825,7 +813,7 @@ mod tests {
         h.update(&out);
         out.extend_from_slice(&END_MAGIC);
         out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
-        out.extend_from_slice(&h.value().to_be_bytes());
+        out.extend_from_slice(&h.finalize().to_be_bytes());
         out
     }
 

@@ -6,6 +6,8 @@ pub mod file;
 pub mod generate;
 pub mod model;
 
-pub use file::{read_meta, write_race, RaceFileError, RaceReader, Truncation, FORMAT_VERSION};
+pub use file::{
+    read_meta, stored_checksum, write_race, RaceFileError, RaceReader, Truncation, FORMAT_VERSION,
+};
 pub use generate::{generate, GenError, GenParams};
 pub use model::*;

@@ -1,0 +1,649 @@
+//! The encoded-race cache: a race is encoded once, ever, and any hub process (restarted, or
+//! another replica) loads the bytes back instead of re-encoding the race file.
+//!
+//! The hub reads through [`RaceCache`] on every load and writes back in the background; `import`
+//! and `PUT /api/races/{id}` write through it. Backends implement the small [`Store`] trait:
+//! Redis (shared by replicas) or a directory (the embedded default).
+
+use std::io::{self, Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use crate::encode::{EncodedRace, ENCODING_VERSION};
+use crate::race::RaceMeta;
+
+/// Key schema version: bump when the key layout or the manifest changes.
+pub const SCHEMA: &str = "v1";
+/// Frames per chunk: about 1 MB of encoded frames per key.
+pub const CHUNK_FRAMES: u32 = 1000;
+/// Chunks fetched per Redis round trip; several round trips run at once.
+const CHUNKS_PER_REQUEST: usize = 8;
+
+/// Where encoded races are kept: `redis://host:6379/0`, `dir:PATH` or `none`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheSpec {
+    None,
+    Dir(PathBuf),
+    Redis(String),
+}
+
+impl FromStr for CacheSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            Ok(Self::None)
+        } else if let Some(path) = s.strip_prefix("dir:") {
+            if path.is_empty() {
+                return Err("dir: needs a path, e.g. dir:/var/cache/replay-hub".into());
+            }
+            Ok(Self::Dir(PathBuf::from(path)))
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            redis::Client::open(s).map_err(|e| format!("bad Redis URL {s:?}: {e}"))?;
+            Ok(Self::Redis(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown cache {s:?}: use redis://host:port/db, dir:PATH or none"
+            ))
+        }
+    }
+}
+
+/// How chunks are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache backend not connected")]
+    NotReady,
+    #[error("cache I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("corrupt cache entry {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A key-value store for cache entries. Implementations never block the caller's thread.
+pub trait Store: Send + Sync {
+    /// "redis" or "dir", for logs and readiness.
+    fn backend(&self) -> &'static str;
+    /// Whether the backend answers now.
+    fn is_ready(&self) -> bool;
+    fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>>;
+    /// Writes all items; a reader sees each item whole or not at all.
+    fn set(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<(), CacheError>>;
+    fn add_member(&self, set: String, member: String) -> BoxFuture<'_, Result<(), CacheError>>;
+    fn members(&self, set: String) -> BoxFuture<'_, Result<Vec<String>, CacheError>>;
+}
+
+/// Cache counters, read by the readiness endpoint and the metrics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub errors: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub corrupt: u64,
+    pub errors: u64,
+    pub writes: u64,
+}
+
+impl CacheStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            corrupt: get(&self.corrupt),
+            errors: get(&self.errors),
+            writes: get(&self.writes),
+        }
+    }
+}
+
+/// What a cached race is made of; written last, so a reader never sees half an entry.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    encoding: u32,
+    content: String,
+    total_frames: u32,
+    compression: Compression,
+    chunks: Vec<ChunkInfo>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChunkInfo {
+    frames: u32,
+    /// Length of the chunk once decompressed.
+    raw_len: u32,
+    /// CRC-32 of the stored (possibly compressed) bytes.
+    crc: u32,
+}
+
+/// The race-level cache over any [`Store`].
+pub struct RaceCache {
+    store: Arc<dyn Store>,
+    prefix: String,
+    compression: Compression,
+    pub stats: CacheStats,
+}
+
+impl RaceCache {
+    pub fn new(store: Arc<dyn Store>, prefix: &str, compression: Compression) -> Self {
+        Self {
+            store,
+            prefix: prefix.to_owned(),
+            compression,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Opens the backend named by `spec`; `None` for `--cache none`. Redis connects in the
+    /// background, so a Redis that is down does not stop the hub from starting.
+    pub fn open(spec: &CacheSpec, prefix: &str, compression: Compression) -> Option<Arc<Self>> {
+        let store: Arc<dyn Store> = match spec {
+            CacheSpec::None => return None,
+            CacheSpec::Dir(path) => Arc::new(DirStore::new(path.clone())),
+            CacheSpec::Redis(url) => RedisStore::connect(url.clone()),
+        };
+        Some(Arc::new(Self::new(store, prefix, compression)))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ready()
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{SCHEMA}:{rest}", self.prefix)
+    }
+
+    fn race_key(&self, id: &str, rest: &str) -> String {
+        self.key(&format!("race:{id}:{rest}"))
+    }
+
+    fn chunk_key(&self, id: &str, content: &str, n: usize) -> String {
+        self.race_key(id, &format!("{content}:chunk:{n}"))
+    }
+
+    /// The ids of every race in the cache.
+    pub async fn race_ids(&self) -> Result<Vec<String>, CacheError> {
+        let mut ids = self.store.members(self.key("races")).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A cached race's metadata, without its frames.
+    pub async fn meta(&self, id: &str) -> Result<Option<RaceMeta>, CacheError> {
+        let key = self.race_key(id, "meta");
+        let Some(bytes) = self.store.get(vec![key.clone()]).await?.pop().flatten() else {
+            return Ok(None);
+        };
+        rmp_serde::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(&key, e))
+    }
+
+    /// The cached encoded race, if the cache holds it for this encoding and, when given, this
+    /// source content. A mismatch is a miss; damaged bytes are a `Corrupt` error.
+    pub async fn load(
+        &self,
+        id: &str,
+        content: Option<&str>,
+    ) -> Result<Option<EncodedRace>, CacheError> {
+        let manifest_key = self.race_key(id, "manifest");
+        let keys = vec![manifest_key.clone(), self.race_key(id, "meta")];
+        let mut found = self.store.get(keys).await?.into_iter();
+        let (Some(Some(manifest)), Some(Some(meta))) = (found.next(), found.next()) else {
+            return Ok(None);
+        };
+        let manifest: Manifest =
+            rmp_serde::from_slice(&manifest).map_err(|e| corrupt(&manifest_key, e))?;
+        if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
+            return Ok(None);
+        }
+        let meta: RaceMeta = rmp_serde::from_slice(&meta).map_err(|e| corrupt(&manifest_key, e))?;
+        let keys: Vec<String> = (0..manifest.chunks.len())
+            .map(|n| self.chunk_key(id, &manifest.content, n))
+            .collect();
+        let requests = keys
+            .chunks(CHUNKS_PER_REQUEST)
+            .map(|batch| self.store.get(batch.to_vec()));
+        let mut stored = Vec::with_capacity(keys.len());
+        for batch in join_all(requests).await {
+            stored.extend(batch?);
+        }
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || assemble(meta, &manifest, &keys, stored))
+            .await
+            .map_err(|e| CacheError::Io(io::Error::other(e)))?
+            .map(Some)
+            .map_err(|(key, reason)| {
+                tracing::warn!(race = %id, %key, %reason, "corrupt cache entry");
+                CacheError::Corrupt { key, reason }
+            })
+    }
+
+    /// Writes a race: chunks first, then metadata and manifest, then the index, so a reader
+    /// never finds a manifest whose chunks are not all there.
+    pub async fn store(&self, race: &Arc<EncodedRace>, content: &str) -> Result<(), CacheError> {
+        let id = race.id().to_owned();
+        let started = Instant::now();
+        let (chunks, manifest) = {
+            let race = race.clone();
+            let compression = self.compression;
+            let content = content.to_owned();
+            tokio::task::spawn_blocking(move || split(&race, compression, content))
+                .await
+                .map_err(|e| CacheError::Io(io::Error::other(e)))??
+        };
+        let stored: usize = chunks.iter().map(Bytes::len).sum();
+        let chunk_items: Vec<(String, Bytes)> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(n, bytes)| (self.chunk_key(&id, content, n), bytes))
+            .collect();
+        for batch in chunk_items.chunks(CHUNKS_PER_REQUEST) {
+            self.store.set(batch.to_vec()).await?;
+        }
+        let meta = crate::encode::to_compact_msgpack(&*race.meta);
+        let manifest = crate::encode::to_compact_msgpack(&manifest);
+        self.store
+            .set(vec![
+                (self.race_key(&id, "meta"), Bytes::from(meta)),
+                (self.race_key(&id, "manifest"), Bytes::from(manifest)),
+            ])
+            .await?;
+        self.store.add_member(self.key("races"), id.clone()).await?;
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            race = %id,
+            backend = self.backend(),
+            encoded = race.encoded_bytes(),
+            stored,
+            seconds = started.elapsed().as_secs_f64(),
+            "race written to the cache"
+        );
+        Ok(())
+    }
+}
+
+fn corrupt(key: &str, err: impl std::fmt::Display) -> CacheError {
+    CacheError::Corrupt {
+        key: key.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+/// The identity of a race's content for cache keys: the wire encoding version plus the race
+/// file's checksum, so a new encoding or a changed file never reads old bytes.
+pub fn content_id(file_checksum: u32) -> String {
+    format!("e{ENCODING_VERSION}-{file_checksum:08x}")
+}
+
+/// Reads a race file's content id from its trailer (cheap: no frame is read).
+pub fn file_content_id(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::race::stored_checksum(file)
+        .map(content_id)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Chunk layout before compression: `frames` little-endian u32 lengths, then the frames.
+fn split(
+    race: &EncodedRace,
+    compression: Compression,
+    content: String,
+) -> Result<(Vec<Bytes>, Manifest), CacheError> {
+    let total = race.total_frames();
+    let mut chunks = Vec::new();
+    let mut infos = Vec::new();
+    for start in (0..total).step_by(CHUNK_FRAMES as usize) {
+        let end = (start + CHUNK_FRAMES).min(total);
+        let frames: Vec<Bytes> = (start..end).filter_map(|i| race.frame(i)).collect();
+        let body: usize = frames.iter().map(Bytes::len).sum();
+        let mut raw = BytesMut::with_capacity(frames.len() * 4 + body);
+        for f in &frames {
+            raw.put_u32_le(f.len() as u32);
+        }
+        for f in &frames {
+            raw.extend_from_slice(f);
+        }
+        let raw_len = raw.len() as u32;
+        let stored = match compression {
+            Compression::None => raw.freeze(),
+            Compression::Zstd => Bytes::from(zstd::bulk::compress(&raw, 3)?),
+        };
+        infos.push(ChunkInfo {
+            frames: end - start,
+            raw_len,
+            crc: crc32fast::hash(&stored),
+        });
+        chunks.push(stored);
+    }
+    let manifest = Manifest {
+        encoding: ENCODING_VERSION,
+        content,
+        total_frames: total,
+        compression,
+        chunks: infos,
+    };
+    Ok((chunks, manifest))
+}
+
+/// Checks and joins stored chunks back into an encoded race; any damage names the key.
+fn assemble(
+    meta: RaceMeta,
+    manifest: &Manifest,
+    keys: &[String],
+    stored: Vec<Option<Bytes>>,
+) -> Result<EncodedRace, (String, String)> {
+    let total_raw: usize = manifest.chunks.iter().map(|c| c.raw_len as usize).sum();
+    let mut buf = BytesMut::with_capacity(total_raw);
+    let mut offsets = Vec::with_capacity(manifest.total_frames as usize + 1);
+    offsets.push(0u32);
+    for ((info, key), bytes) in manifest.chunks.iter().zip(keys).zip(stored) {
+        let fail = |reason: String| (key.clone(), reason);
+        let bytes = bytes.ok_or_else(|| fail("chunk missing".into()))?;
+        let crc = crc32fast::hash(&bytes);
+        if crc != info.crc {
+            return Err(fail(format!(
+                "checksum {crc:08x}, manifest says {:08x}",
+                info.crc
+            )));
+        }
+        let raw = match manifest.compression {
+            Compression::None => bytes,
+            Compression::Zstd => Bytes::from(
+                zstd::bulk::decompress(&bytes, info.raw_len as usize)
+                    .map_err(|e| fail(format!("zstd: {e}")))?,
+            ),
+        };
+        let table = info.frames as usize * 4;
+        if raw.len() != info.raw_len as usize || raw.len() < table {
+            return Err(fail(format!(
+                "{} bytes, expected {}",
+                raw.len(),
+                info.raw_len
+            )));
+        }
+        let mut lengths = Cursor::new(&raw[..table]);
+        let mut at = table;
+        for _ in 0..info.frames {
+            let mut len = [0u8; 4];
+            lengths
+                .read_exact(&mut len)
+                .map_err(|e| fail(e.to_string()))?;
+            let len = u32::from_le_bytes(len) as usize;
+            let frame = raw
+                .get(at..at + len)
+                .ok_or_else(|| fail("frame lengths overrun the chunk".into()))?;
+            buf.extend_from_slice(frame);
+            offsets.push(buf.len() as u32);
+            at += len;
+        }
+    }
+    if offsets.len() != manifest.total_frames as usize + 1
+        || meta.total_frames != manifest.total_frames
+    {
+        let key = keys.first().cloned().unwrap_or_default();
+        return Err((key, "frame count differs from the manifest".into()));
+    }
+    Ok(EncodedRace::from_parts(meta, buf.freeze(), offsets))
+}
+
+/// The embedded default: one file per key under a directory, written atomically.
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// Keys hold only `[a-z0-9_:-]` (ids are validated), so `:` maps safely to `/`.
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key.replace(':', "/"))
+    }
+}
+
+impl Store for DirStore {
+    fn backend(&self) -> &'static str {
+        "dir"
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>> {
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                paths
+                    .iter()
+                    .map(|p| match std::fs::read(p) {
+                        Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                        Err(e) => Err(CacheError::Io(e)),
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| CacheError::Io(io::Error::other(e)))?
+        }
+        .boxed()
+    }
+
+    fn set(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<(), CacheError>> {
+        let items: Vec<(PathBuf, Bytes)> =
+            items.into_iter().map(|(k, v)| (self.path(&k), v)).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                for (path, bytes) in items {
+                    write_atomically(&path, &bytes)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| CacheError::Io(io::Error::other(e)))?
+        }
+        .boxed()
+    }
+
+    fn add_member(&self, set: String, member: String) -> BoxFuture<'_, Result<(), CacheError>> {
+        self.set(vec![(format!("{set}:{member}"), Bytes::new())])
+    }
+
+    fn members(&self, set: String) -> BoxFuture<'_, Result<Vec<String>, CacheError>> {
+        let dir = self.path(&set);
+        async move {
+            tokio::task::spawn_blocking(move || match std::fs::read_dir(&dir) {
+                Ok(entries) => Ok(entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| !name.ends_with(".tmp"))
+                    .collect()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(CacheError::Io(e)),
+            })
+            .await
+            .map_err(|e| CacheError::Io(io::Error::other(e)))?
+        }
+        .boxed()
+    }
+}
+
+/// Writes to a temporary file and renames it, so a reader sees the old or the new file whole.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension(format!("{}.tmp", crate::hub::random_token(4)));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Redis through the redis crate's connection manager, which reconnects with backoff. The first
+/// connection is made in the background, retried until it succeeds; a health probe keeps
+/// [`Store::is_ready`] true to the facts.
+pub struct RedisStore {
+    url: String,
+    manager: OnceLock<redis::aio::ConnectionManager>,
+    healthy: AtomicBool,
+}
+
+impl RedisStore {
+    pub fn connect(url: String) -> Arc<Self> {
+        let store = Arc::new(Self {
+            url,
+            manager: OnceLock::new(),
+            healthy: AtomicBool::new(false),
+        });
+        tokio::spawn(store.clone().keep_connected());
+        store
+    }
+
+    async fn keep_connected(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(100);
+        let mut warned = false;
+        let manager = loop {
+            match self.open().await {
+                Ok(manager) => break manager,
+                Err(err) => {
+                    if !warned {
+                        tracing::warn!(url = %self.url, %err, "Redis cache unreachable; serving from files and memory, retrying in the background");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        tracing::info!(url = %self.url, "Redis cache connected");
+        let _ = self.manager.set(manager.clone());
+        self.healthy.store(true, Ordering::Relaxed);
+        let mut probe = manager;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let ok = redis::cmd("PING")
+                .query_async::<String>(&mut probe)
+                .await
+                .is_ok();
+            if ok != self.healthy.swap(ok, Ordering::Relaxed) {
+                if ok {
+                    tracing::info!(url = %self.url, "Redis cache reachable again");
+                } else {
+                    tracing::warn!(url = %self.url, "Redis cache unreachable; reconnecting");
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(6)
+            .set_max_delay(Duration::from_secs(5));
+        redis::aio::ConnectionManager::new_with_config(client, config).await
+    }
+
+    fn connection(&self) -> Result<redis::aio::ConnectionManager, CacheError> {
+        self.manager.get().cloned().ok_or(CacheError::NotReady)
+    }
+
+    fn note<T>(&self, result: Result<T, redis::RedisError>) -> Result<T, CacheError> {
+        if let Err(err) = &result {
+            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                self.healthy.store(false, Ordering::Relaxed);
+            }
+        }
+        result.map_err(CacheError::Redis)
+    }
+}
+
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_ready(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>> {
+        async move {
+            let mut conn = self.connection()?;
+            let values: Vec<Option<Vec<u8>>> =
+                self.note(redis::cmd("MGET").arg(&keys).query_async(&mut conn).await)?;
+            Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+        }
+        .boxed()
+    }
+
+    fn set(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<(), CacheError>> {
+        async move {
+            let mut conn = self.connection()?;
+            let mut pipe = redis::pipe();
+            for (key, value) in &items {
+                pipe.set(key, value.as_ref()).ignore();
+            }
+            self.note(pipe.query_async::<()>(&mut conn).await)
+        }
+        .boxed()
+    }
+
+    fn add_member(&self, set: String, member: String) -> BoxFuture<'_, Result<(), CacheError>> {
+        async move {
+            let mut conn = self.connection()?;
+            self.note(
+                redis::cmd("SADD")
+                    .arg(&set)
+                    .arg(&member)
+                    .query_async::<()>(&mut conn)
+                    .await,
+            )
+        }
+        .boxed()
+    }
+
+    fn members(&self, set: String) -> BoxFuture<'_, Result<Vec<String>, CacheError>> {
+        async move {
+            let mut conn = self.connection()?;
+            self.note(
+                redis::cmd("SMEMBERS")
+                    .arg(&set)
+                    .query_async(&mut conn)
+                    .await,
+            )
+        }
+        .boxed()
+    }
+}
