@@ -52,7 +52,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/sessions/{id}", web::get().to(get_session))
                 .route("/sessions/{id}", web::delete().to(delete_session)),
         )
-        .route("/ws/sessions/{id}", web::get().to(websocket));
+        .route("/ws/sessions/{id}", web::get().to(websocket))
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Proof that the request carries the admin token. Taken as a handler's first argument, so
+/// the check happens before the body is read or parsed.
+pub struct Admin;
+
+impl actix_web::FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let result = match req.app_data::<web::Data<ApiState>>() {
+            Some(state) => require_admin(req, state).map(|()| Admin),
+            None => Err(ApiError::Internal("no API state".into())),
+        };
+        std::future::ready(result)
+    }
 }
 
 /// Turns extractor failures (bad JSON body, bad query string) into the same JSON error shape.
@@ -93,12 +119,11 @@ async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
 /// Adds or replaces a race: the body (a race file) is streamed to a staging file under the
 /// size limit, then validated and encoded by the hub before it is kept or cached.
 async fn upload_race(
-    req: HttpRequest,
+    _: Admin,
     race: web::Path<String>,
     mut body: web::Payload,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state)?;
     let id = race.into_inner();
     if !valid_id(&id) {
         return Err(ApiError::BadRequest(format!(
@@ -240,11 +265,11 @@ fn yes() -> bool {
 }
 
 async fn create_session(
+    _: Admin,
     req: HttpRequest,
     body: web::Json<NewSession>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state)?;
     let NewSession { race, id, autoplay } = body.into_inner();
     let created = state
         .hub
@@ -280,11 +305,10 @@ async fn get_session(
 }
 
 async fn delete_session(
-    req: HttpRequest,
+    _: Admin,
     id: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state)?;
     let reason = "session deleted".to_owned();
     state
         .hub
@@ -319,7 +343,8 @@ async fn websocket(
         .token
         .as_deref()
         .is_some_and(|t| same_secret(t, &control_token));
-    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let (response, ws, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
         .max_frame_size(state.max_message_bytes)
         .aggregate_continuations()
@@ -359,7 +384,7 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Rate limit from the config, which clap guarantees is at least 1.
+/// Rate limit from the config, which clap keeps at 1 or more.
 pub fn commands_per_second(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
 }

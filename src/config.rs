@@ -120,7 +120,7 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Control commands a connection may send per second (bursts up to this many).
-    #[arg(long, env = "REPLAY_HUB_COMMANDS_PER_SECOND", default_value_t = 20)]
+    #[arg(long, env = "REPLAY_HUB_COMMANDS_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub commands_per_second: u32,
 
     /// Most frames one `GET /api/races/{race}/frames` request may return.
@@ -136,15 +136,15 @@ pub struct Config {
     pub max_json_bytes: usize,
 
     /// How often the hub pings each viewer, in milliseconds.
-    #[arg(long, env = "REPLAY_HUB_HEARTBEAT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "REPLAY_HUB_HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_ms: u64,
 
     /// A viewer from which nothing (not even a pong) arrived for this long is dropped, in ms.
-    #[arg(long, env = "REPLAY_HUB_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "REPLAY_HUB_CLIENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub client_timeout_ms: u64,
 
     /// A viewer whose socket accepted nothing for this long is closed with code 4001, in ms.
-    #[arg(long, env = "REPLAY_HUB_STALL_TIMEOUT_MS", default_value_t = 15_000)]
+    #[arg(long, env = "REPLAY_HUB_STALL_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_ms: u64,
 
     /// A connection whose peer acknowledges nothing for this long is cut by the kernel
@@ -159,7 +159,7 @@ pub struct Config {
     pub socket_send_buffer: usize,
 
     /// Most time shutdown may take before connections are cut, in ms.
-    #[arg(long, env = "REPLAY_HUB_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "REPLAY_HUB_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout_ms: u64,
 }
 

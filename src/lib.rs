@@ -72,10 +72,8 @@ impl App {
         if races.is_empty() && cached.is_empty() {
             races.push(generate_demo(&config.data_dir, config.demo_laps)?);
         }
-        let first_race = races
-            .first()
-            .map(|r| r.meta.id.clone())
-            .or_else(|| cached.first().cloned());
+        let mut candidates: Vec<String> = races.iter().map(|r| r.meta.id.clone()).collect();
+        candidates.extend(cached);
         let hub = Hub::new(
             races,
             cache.clone(),
@@ -89,18 +87,9 @@ impl App {
             .clone()
             .unwrap_or_else(|| hub::random_token(16));
 
-        let demo = match (config.demo_session.as_str(), first_race) {
-            ("", _) | (_, None) => None,
-            (id, Some(race)) => Some(
-                hub.send(CreateSession {
-                    race,
-                    id: Some(id.to_owned()),
-                    autoplay: true,
-                })
-                .await
-                .map_err(|e| StartError::DemoSession(e.to_string()))?
-                .map_err(|e| StartError::DemoSession(e.to_string()))?,
-            ),
+        let demo = match config.demo_session.as_str() {
+            "" => None,
+            id => start_demo(&hub, id, candidates).await?,
         };
 
         let state = api::ApiState {
@@ -138,7 +127,7 @@ impl App {
         })
         .on_connect(move |conn, _| tune_socket(conn, user_timeout, send_buffer))
         .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout().as_secs().max(1));
+        .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000));
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
@@ -197,6 +186,34 @@ impl App {
     }
 }
 
+/// Starts the demo session over the first race that loads; a broken race file is skipped with
+/// an error in the log rather than keeping the hub from starting.
+async fn start_demo(
+    hub: &Addr<Hub>,
+    id: &str,
+    races: Vec<String>,
+) -> Result<Option<Created>, StartError> {
+    for race in races {
+        let created = hub
+            .send(CreateSession {
+                race: race.clone(),
+                id: Some(id.to_owned()),
+                autoplay: true,
+            })
+            .await
+            .map_err(|e| StartError::DemoSession(e.to_string()))?;
+        match created {
+            Ok(created) => return Ok(Some(created)),
+            Err(err @ hub::HubError::LoadFailed { .. }) => {
+                tracing::error!(%err, "demo session: trying the next race");
+            }
+            Err(err) => return Err(StartError::DemoSession(err.to_string())),
+        }
+    }
+    tracing::warn!("no race could be loaded; starting without a demo session");
+    Ok(None)
+}
+
 async fn graceful_stop(hub: &Addr<Hub>, handle: &ServerHandle, timeout: Duration) {
     // Stop accepting first, so no viewer joins a session that is being closed.
     let stop = handle.stop(true);
@@ -206,8 +223,8 @@ async fn graceful_stop(hub: &Addr<Hub>, handle: &ServerHandle, timeout: Duration
     if tokio::time::timeout(timeout / 2, ended).await.is_err() {
         tracing::warn!("sessions did not all end in time");
     }
-    // Give the close frames a moment to reach the sockets before connections are dropped.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Workers finish once their connections have written their close frames, or at the
+    // shutdown timeout for peers that do not read.
     stop.await;
 }
 

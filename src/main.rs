@@ -1,4 +1,5 @@
-//! The `replay-hub` binary: parses the command line, sets up logging, runs the command.
+//! The `replay-hub` binary: parses the command line, sets up logging and runs the command.
+//! Everything else lives in the library, where the tests and benches reach it too.
 
 use anyhow::Context as _;
 use clap::Parser;

@@ -19,6 +19,7 @@ use actix_http::ws::Codec;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message};
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 use futures_util::SinkExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
@@ -61,7 +62,10 @@ pub struct Viewer {
     closer: Option<oneshot::Sender<Bytes>>,
     joined: Option<JoinedState>,
     epoch: u64,
+    /// Replies, hello and pings, in order; bounded by [`MAX_OUTBOX`].
     outbox: VecDeque<Message>,
+    /// The latest epoch's state message, sent before any frame of that epoch (latest wins).
+    pending_state: Option<ByteString>,
     pending: Option<Bytes>,
     sending_since: Option<Instant>,
     last_heard: Instant,
@@ -96,6 +100,7 @@ impl Viewer {
             joined: None,
             epoch: 0,
             outbox: VecDeque::new(),
+            pending_state: None,
             pending: None,
             sending_since: None,
             last_heard: Instant::now(),
@@ -136,7 +141,8 @@ impl Viewer {
             if self.pending.take().is_some() {
                 joined.stats.count_drop();
             }
-            self.outbox.push_back(Message::Text(offer.state));
+            // Only the newest state matters; an unsent older one is superseded.
+            self.pending_state = Some(offer.state);
         }
         if self.pending.replace(offer.bytes).is_some() {
             joined.stats.count_drop();
@@ -167,6 +173,8 @@ impl Viewer {
         };
         let (message, frame_len) = if let Some(message) = self.outbox.pop_front() {
             (message, None)
+        } else if let Some(state) = self.pending_state.take() {
+            (Message::Text(state), None)
         } else if let Some(frame) = self.pending.take() {
             let len = frame.len();
             (Message::Binary(frame), Some(len))
@@ -227,7 +235,11 @@ impl Viewer {
             self.close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout", ctx);
             return;
         }
-        self.queue(Message::Ping(Bytes::new()), ctx);
+        // A ping behind a blocked socket proves nothing; don't pile them up.
+        let ping_waiting = self.outbox.iter().any(|m| matches!(m, Message::Ping(_)));
+        if self.sending_since.is_none() && !ping_waiting {
+            self.queue(Message::Ping(Bytes::new()), ctx);
+        }
     }
 
     fn command(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -259,15 +271,12 @@ impl Viewer {
             return;
         }
         // The new state reaches every viewer, this one included, through the session's offers.
-        ctx.wait(
+        // If the session is ending, its `Ended` message closes this viewer with the reason.
+        ctx.spawn(
             self.session
                 .send(Control(command))
                 .into_actor(self)
-                .map(|result, act, ctx| {
-                    if result.is_err() {
-                        act.close(CloseCode::Away.into(), "session ended", ctx);
-                    }
-                }),
+                .map(|_, _, _| ()),
         );
     }
 
@@ -367,9 +376,14 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Viewe
 
 /// An encoded server close frame (unmasked), ready to write after whatever the socket holds.
 fn close_frame(code: u16, reason: &str) -> Bytes {
+    // A close frame's payload is at most 125 bytes: the code and up to 123 bytes of reason.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let reason = CloseReason {
         code: CloseCode::from(code),
-        description: (!reason.is_empty()).then(|| reason.chars().take(100).collect()),
+        description: (end > 0).then(|| reason[..end].to_owned()),
     };
     let mut out = BytesMut::new();
     // unwrap: encoding a close frame with a reason under 125 bytes into memory cannot fail.
@@ -446,7 +460,14 @@ mod tests {
 
     #[test]
     fn long_reasons_are_cut_to_fit_a_control_frame() {
-        let frame = close_frame(1001, &"x".repeat(500));
-        assert!(frame.len() <= 2 + 125);
+        for reason in ["x".repeat(500), "é".repeat(300), "🏁".repeat(100)] {
+            let frame = close_frame(1001, &reason);
+            assert_eq!(frame[1] as usize, frame.len() - 2, "short form length");
+            assert!(frame.len() <= 2 + 125, "{} bytes", frame.len());
+            assert!(
+                std::str::from_utf8(&frame[4..]).is_ok(),
+                "cut on a char boundary"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{race_file, TestHub};
+use common::TestHub;
 use replay_hub::encode::decode_frame;
 use replay_hub::hub::RaceSummary;
 use serde_json::{json, Value};
@@ -62,7 +62,7 @@ async fn race_metadata_is_cacheable_with_a_strong_etag() {
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
-    assert!(again.bytes().await.unwrap().is_empty());
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
     let other = hub
         .http()
         .get(hub.url("/api/races/test-race"))
@@ -95,13 +95,34 @@ async fn frame_ranges_are_the_encoded_frames_and_bad_ranges_are_400() {
     let decoded = decode_frame(&one[1..]).unwrap();
     assert_eq!(decoded.i, 105);
 
+    let total = hub
+        .get("/api/races")
+        .await
+        .json::<Vec<RaceSummary>>()
+        .await
+        .unwrap()[0]
+        .total_frames;
+    let last = hub
+        .get(&format!(
+            "/api/races/test-race/frames?from={}&to={total}",
+            total - 3
+        ))
+        .await;
+    assert_eq!(
+        last.status(),
+        200,
+        "to is exclusive: to == total is the end"
+    );
+    let most = hub.get("/api/races/test-race/frames?from=0&to=1500").await;
+    assert_eq!(most.status(), 200, "exactly the per-request limit");
     for query in [
-        "from=10&to=10",
-        "from=20&to=10",
-        "from=0&to=99999999",
-        "from=0&to=5000",
-        "from=x&to=1",
-        "from=1",
+        format!("from=0&to={}", total + 1),
+        "from=0&to=1501".to_owned(),
+        "from=10&to=10".to_owned(),
+        "from=20&to=10".to_owned(),
+        "from=0&to=99999999".to_owned(),
+        "from=x&to=1".to_owned(),
+        "from=1".to_owned(),
     ] {
         let response = hub
             .get(&format!("/api/races/test-race/frames?{query}"))
@@ -234,16 +255,59 @@ async fn the_session_limit_is_enforced() {
 }
 
 #[tokio::test]
-async fn a_broken_race_file_is_skipped_and_the_hub_still_starts() {
+async fn broken_race_files_are_skipped_or_refused_with_the_reason() {
     let hub = TestHub::start_with(|c| {
+        // No header at all: skipped at start-up.
         std::fs::write(c.data_dir.join("broken.race"), b"definitely not a race").unwrap();
-        let good = std::fs::read(race_file()).unwrap();
-        std::fs::write(c.data_dir.join("truncated.race"), &good[..good.len() / 2]).unwrap();
+        // A valid header over truncated frames: listed, and refused when loaded.
+        let params = replay_hub::race::GenParams {
+            laps: 2,
+            drivers: 2,
+            seed: 3,
+            id: "cut".into(),
+            name: "Cut".into(),
+        };
+        let (meta, frames) = replay_hub::race::generate(&params, |_, _| {}).unwrap();
+        let mut bytes = Vec::new();
+        replay_hub::race::write_race(&mut bytes, &meta, frames).unwrap();
+        std::fs::write(c.data_dir.join("cut.race"), &bytes[..bytes.len() / 2]).unwrap();
     });
     let races: Vec<RaceSummary> = hub.get("/api/races").await.json().await.unwrap();
-    // The truncated copy has the same id as the good file, and the broken one has no header.
-    assert_eq!(races.len(), 1);
-    assert_eq!(races[0].id, "test-race");
+    let ids: Vec<&str> = races.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["cut", "test-race"]);
+    let response = hub
+        .http()
+        .post(hub.url("/api/sessions"))
+        .bearer_auth(&hub.admin_token)
+        .json(&json!({"race": "cut"}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(response, 500, "internal").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("truncated"),
+        "{body}"
+    );
+    // The hub goes on serving the good race.
+    hub.create_session("after", true).await;
+}
+
+#[tokio::test]
+async fn every_error_is_json_even_off_the_map() {
+    let hub = TestHub::start();
+    assert_json_error(hub.get("/nowhere").await, 404, "not_found").await;
+    // A plain GET on the WebSocket route is not an upgrade.
+    assert_json_error(hub.get("/ws/sessions/demo").await, 400, "bad_request").await;
+    // The admin check comes before the body is parsed.
+    let response = hub
+        .http()
+        .post(hub.url("/api/sessions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(response, 401, "unauthorized").await;
 }
 
 #[test]
