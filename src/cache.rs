@@ -647,3 +647,120 @@ impl Store for RedisStore {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::race::{generate, GenParams};
+
+    fn race(frames_wanted_laps: u16) -> Arc<EncodedRace> {
+        let params = GenParams {
+            laps: frames_wanted_laps,
+            drivers: 4,
+            seed: 5,
+            id: "unit".into(),
+            name: "Unit".into(),
+        };
+        let (meta, frames) = generate(&params, |_, _| {}).unwrap();
+        Arc::new(EncodedRace::build(meta, frames.into_iter().map(Ok::<_, ()>)).unwrap())
+    }
+
+    fn dir_cache(dir: &Path, compression: Compression) -> RaceCache {
+        RaceCache::new(Arc::new(DirStore::new(dir.to_owned())), "unit", compression)
+    }
+
+    fn assert_same(a: &EncodedRace, b: &EncodedRace) {
+        assert_eq!(a.total_frames(), b.total_frames());
+        assert_eq!(*a.meta, *b.meta);
+        for i in 0..a.total_frames() {
+            assert_eq!(a.frame(i), b.frame(i), "frame {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_is_byte_for_byte_with_and_without_compression() {
+        let original = race(2);
+        assert!(original.total_frames() > CHUNK_FRAMES * 2, "several chunks");
+        for compression in [Compression::None, Compression::Zstd] {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = dir_cache(dir.path(), compression);
+            assert!(cache.load("unit", None).await.unwrap().is_none());
+            cache.store(&original, "e1-0000abcd").await.unwrap();
+            let loaded = cache
+                .load("unit", Some("e1-0000abcd"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_same(&original, &loaded);
+            assert_eq!(cache.race_ids().await.unwrap(), ["unit"]);
+            assert_eq!(cache.meta("unit").await.unwrap().unwrap(), *original.meta);
+        }
+    }
+
+    #[tokio::test]
+    async fn another_content_or_encoding_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir_cache(dir.path(), Compression::Zstd);
+        cache.store(&race(2), "e1-00000001").await.unwrap();
+        assert!(cache
+            .load("unit", Some("e1-00000002"))
+            .await
+            .unwrap()
+            .is_none());
+        // A manifest written by another encoding version is never read.
+        let key = cache.race_key("unit", "manifest");
+        let mut stored = cache.store.get(vec![key.clone()]).await.unwrap();
+        let mut manifest: Manifest =
+            rmp_serde::from_slice(&stored.pop().unwrap().unwrap()).unwrap();
+        manifest.encoding = ENCODING_VERSION + 1;
+        let bytes = Bytes::from(crate::encode::to_compact_msgpack(&manifest));
+        cache.store.set(vec![(key, bytes)]).await.unwrap();
+        assert!(cache.load("unit", None).await.unwrap().is_none());
+        assert!(content_id(0xabc).starts_with(&format!("e{ENCODING_VERSION}-")));
+    }
+
+    #[tokio::test]
+    async fn damaged_or_missing_chunks_are_reported_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir_cache(dir.path(), Compression::None);
+        cache.store(&race(2), "e1-00000001").await.unwrap();
+        let chunk =
+            DirStore::new(dir.path().to_owned()).path(&cache.chunk_key("unit", "e1-00000001", 1));
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&chunk, &bytes).unwrap();
+        match cache.load("unit", None).await {
+            Err(CacheError::Corrupt { key, reason }) => {
+                assert!(key.ends_with(":chunk:1"), "{key}");
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|r| r.is_some())),
+        }
+        std::fs::remove_file(&chunk).unwrap();
+        match cache.load("unit", None).await {
+            Err(CacheError::Corrupt { reason, .. }) => assert!(reason.contains("missing")),
+            other => panic!(
+                "expected a missing chunk, got {:?}",
+                other.map(|r| r.is_some())
+            ),
+        }
+    }
+
+    #[test]
+    fn cache_specs_parse_with_clear_errors() {
+        assert_eq!("none".parse::<CacheSpec>(), Ok(CacheSpec::None));
+        assert_eq!(
+            "dir:/tmp/x".parse::<CacheSpec>(),
+            Ok(CacheSpec::Dir("/tmp/x".into()))
+        );
+        assert_eq!(
+            "redis://127.0.0.1:6379/0".parse::<CacheSpec>(),
+            Ok(CacheSpec::Redis("redis://127.0.0.1:6379/0".into()))
+        );
+        assert!("dir:".parse::<CacheSpec>().unwrap_err().contains("path"));
+        assert!("memcached://x"
+            .parse::<CacheSpec>()
+            .unwrap_err()
+            .contains("unknown cache"));
+    }
+}

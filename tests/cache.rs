@@ -1,0 +1,528 @@
+//! The encoded-race cache against a real Redis (the shared one, with a unique key prefix per test,
+//! and private `redis-server`s for the tests that kill or stall it), the directory cache, race
+//! upload and `replay-hub import`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, race_file, redis_conn, Prefix, PrivateRedis, TestHub, Viewer, REDIS_URL};
+use futures_util::StreamExt;
+use replay_hub::cache::{file_content_id, CacheSpec, Compression, RaceCache};
+use replay_hub::encode::EncodedRace;
+use replay_hub::hub::{load_race_file, RaceSummary};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+fn encoded_test_race() -> Arc<EncodedRace> {
+    Arc::new(load_race_file(race_file()).unwrap())
+}
+
+async fn ready(cache: &RaceCache) {
+    eventually("the cache is ready", || async {
+        cache.is_ready().then_some(())
+    })
+    .await;
+}
+
+fn assert_same(a: &EncodedRace, b: &EncodedRace) {
+    assert_eq!(a.total_frames(), b.total_frames());
+    assert_eq!(*a.meta, *b.meta);
+    for i in 0..a.total_frames() {
+        assert_eq!(a.frame(i), b.frame(i), "frame {i} differs");
+    }
+}
+
+/// The first binary message a viewer of `url` receives.
+async fn first_frame(url: &str) -> Vec<u8> {
+    let mut viewer = Viewer::connect(url).await;
+    loop {
+        if let Message::Binary(bytes) = viewer.ws.next().await.unwrap().unwrap() {
+            return bytes.to_vec();
+        }
+    }
+}
+
+async fn readyz(hub: &TestHub) -> (u16, Value) {
+    let response = hub.get("/readyz").await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
+    let original = encoded_test_race();
+    let content = file_content_id(race_file()).unwrap();
+    for compression in [Compression::Zstd, Compression::None] {
+        let prefix = Prefix::new("roundtrip");
+        let spec = CacheSpec::Redis(REDIS_URL.into());
+        let cache = RaceCache::open(&spec, &prefix.0, compression).unwrap();
+        ready(&cache).await;
+        assert!(cache.load("test-race", None).await.unwrap().is_none());
+        cache.store(&original, &content).await.unwrap();
+        let loaded = cache
+            .load("test-race", Some(&content))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_same(&original, &loaded);
+
+        let mut conn = redis_conn(REDIS_URL);
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", prefix.0))
+            .query(&mut conn)
+            .unwrap();
+        keys.sort();
+        let schema = format!("{}:v1:", prefix.0);
+        assert!(keys.iter().all(|k| k.starts_with(&schema)), "{keys:?}");
+        assert!(keys.contains(&format!("{schema}race:test-race:manifest")));
+        assert!(keys.contains(&format!("{schema}race:test-race:{content}:chunk:0")));
+        assert!(
+            content.starts_with("e1-"),
+            "the encoding version is in the key"
+        );
+        // Another file content for the same id never reads these bytes.
+        assert!(cache
+            .load("test-race", Some("e1-ffffffff"))
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
+    let prefix = Prefix::new("restart");
+    let with_redis = |c: &mut replay_hub::config::Config| {
+        c.cache.cache = Some(CacheSpec::Redis(REDIS_URL.into()));
+        c.cache.cache_prefix = prefix.0.clone();
+    };
+    let first = TestHub::start_with(with_redis);
+    let original = first_frame(&first.ws_url("demo", None)).await;
+    let mut conn = redis_conn(REDIS_URL);
+    let manifest = format!("{}:v1:race:test-race:manifest", prefix.0);
+    eventually("the race written back to Redis", || {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&manifest)
+            .query(&mut conn)
+            .unwrap();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    first.shutdown().unwrap();
+
+    let second = TestHub::start_with(|c| {
+        with_redis(c);
+        std::fs::remove_file(c.data_dir.join("test-race.race")).unwrap();
+    });
+    let races: Vec<RaceSummary> = second.get("/api/races").await.json().await.unwrap();
+    assert_eq!(races.len(), 1, "no demo race generated: the cache has one");
+    assert_eq!(races[0].id, "test-race");
+    // The demo session plays the cached race, from the same bytes.
+    let served = first_frame(&second.ws_url("demo", None)).await;
+    assert_eq!(
+        replay_hub::encode::frame_index(&served),
+        replay_hub::encode::frame_index(&original)
+    );
+    let cached = encoded_test_race();
+    let index = replay_hub::encode::frame_index(&served).unwrap();
+    assert_eq!(&served[..], &cached.frame(index).unwrap()[..]);
+    let (status, body) = readyz(&second).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["cache"]["backend"], "redis");
+    assert_eq!(body["cache"]["stats"]["hits"], 1);
+}
+
+/// Starts the real binary as a second process; returns it and its address.
+fn spawn_hub_process(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--admin-token", "second"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("the hub prints its address").unwrap();
+        if let Some(url) = line.strip_prefix("replay-hub listening on http://") {
+            break url.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hub_processes_share_one_redis() {
+    let prefix = Prefix::new("two");
+    let first = TestHub::start_with(|c| {
+        c.cache.cache = Some(CacheSpec::Redis(REDIS_URL.into()));
+        c.cache.cache_prefix = prefix.0.clone();
+    });
+    let empty = tempfile::tempdir().unwrap();
+    // Upload a new race to the first hub: it validates, encodes and writes it to Redis.
+    let race = std::fs::read(race_file()).unwrap();
+    let uploaded = first
+        .http()
+        .put(first.url("/api/races/test-race"))
+        .bearer_auth(&first.admin_token)
+        .body(race)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 200, "replaces the existing race");
+    let manifest = format!("{}:v1:race:test-race:manifest", prefix.0);
+    let mut conn = redis_conn(REDIS_URL);
+    eventually("the race in Redis", || {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&manifest)
+            .query(&mut conn)
+            .unwrap();
+        async move { exists.then_some(()) }
+    })
+    .await;
+
+    let (child, addr) = spawn_hub_process(&[
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+        "--cache",
+        REDIS_URL,
+        "--cache-prefix",
+        &prefix.0,
+        "--demo-session",
+        "",
+    ]);
+    let _child = KillOnDrop(child);
+    let http = reqwest::Client::new();
+    let races: Vec<RaceSummary> = http
+        .get(format!("http://{addr}/api/races"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        races.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["test-race"]
+    );
+    let created: Value = http
+        .post(format!("http://{addr}/api/sessions"))
+        .bearer_auth("second")
+        .json(&json!({"race": "test-race", "id": "elsewhere", "autoplay": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["id"], "elsewhere");
+    let on_second = first_frame(&format!("ws://{addr}/ws/sessions/elsewhere")).await;
+    let from_first = first
+        .get("/api/races/test-race/frames?from=0&to=1")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        &on_second[..],
+        &from_first[1..],
+        "the same bytes on both hubs"
+    );
+    // The second hub has no race file: what it served came from Redis.
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_then_back() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let hub = TestHub::start_with(|c| {
+        c.cache.cache = Some(CacheSpec::Redis(url.clone()));
+    });
+    // Serving from the race file without the cache.
+    first_frame(&hub.ws_url("demo", None)).await;
+    let (status, body) = readyz(&hub).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["cache"]["ready"], false);
+    assert_eq!(
+        hub.get("/healthz").await.status(),
+        200,
+        "alive, just not ready"
+    );
+
+    let _redis = PrivateRedis::start_on(port);
+    eventually("ready once Redis is back", || async {
+        (readyz(&hub).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_gives_a_clear_error_and_nothing_partial() {
+    let mut redis = PrivateRedis::start();
+    let spec = CacheSpec::Redis(redis.url());
+    let cache = RaceCache::open(&spec, "kill", Compression::None).unwrap();
+    ready(&cache).await;
+    let original = encoded_test_race();
+    cache.store(&original, "e1-00000001").await.unwrap();
+
+    // Stall the server, start a load, then kill the server under it.
+    let pid = redis.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let loading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.load("test-race", None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!loading.is_finished(), "the load is under way");
+    redis.kill();
+    let result = tokio::time::timeout(common::PATIENCE, loading)
+        .await
+        .expect("the load ends")
+        .unwrap();
+    let err = result.err().expect("a killed Redis fails the load");
+    assert!(!err.to_string().is_empty());
+
+    // A fresh server on the same port holds nothing: the failed load left nothing behind.
+    redis.restart();
+    eventually("reconnected", || async {
+        match cache.load("test-race", None).await {
+            Ok(found) => Some(found),
+            Err(_) => None,
+        }
+    })
+    .await
+    .map(|_| panic!("a partial race was served"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_without_a_file_fails_clearly_when_redis_is_gone() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let with_redis = |c: &mut replay_hub::config::Config| {
+        c.cache.cache = Some(CacheSpec::Redis(url.clone()));
+    };
+    let first = TestHub::start_with(with_redis);
+    first_frame(&first.ws_url("demo", None)).await;
+    let mut conn = redis_conn(&url);
+    eventually("written back", || {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg("replay-hub:v1:race:test-race:manifest")
+            .query(&mut conn)
+            .unwrap();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    first.shutdown().unwrap();
+    let second = TestHub::start_with(|c| {
+        with_redis(c);
+        c.demo_session = String::new();
+        std::fs::remove_file(c.data_dir.join("test-race.race")).unwrap();
+    });
+    let races: Vec<RaceSummary> = second.get("/api/races").await.json().await.unwrap();
+    assert_eq!(races[0].id, "test-race");
+    redis.kill();
+    let response = second
+        .http()
+        .post(second.url("/api/sessions"))
+        .bearer_auth(&second.admin_token)
+        .json(&json!({"race": "test-race"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("no race file") && message.contains("cache"),
+        "{message}"
+    );
+    assert_eq!(second.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_is_detected_reloaded_from_the_file_and_counted() {
+    let prefix = Prefix::new("corrupt");
+    let with_redis = |c: &mut replay_hub::config::Config| {
+        c.cache.cache = Some(CacheSpec::Redis(REDIS_URL.into()));
+        c.cache.cache_prefix = prefix.0.clone();
+    };
+    let first = TestHub::start_with(with_redis);
+    first_frame(&first.ws_url("demo", None)).await;
+    let content = file_content_id(race_file()).unwrap();
+    let chunk = format!("{}:v1:race:test-race:{content}:chunk:2", prefix.0);
+    let mut conn = redis_conn(REDIS_URL);
+    eventually("written back", || {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{}:v1:race:test-race:manifest", prefix.0))
+            .query(&mut conn)
+            .unwrap();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    first.shutdown().unwrap();
+    let _: () = redis::cmd("SETRANGE")
+        .arg(&chunk)
+        .arg(10)
+        .arg("garbage")
+        .query(&mut conn)
+        .unwrap();
+
+    let second = TestHub::start_with(with_redis);
+    let frame = first_frame(&second.ws_url("demo", None)).await;
+    let index = replay_hub::encode::frame_index(&frame).unwrap();
+    assert_eq!(&frame[..], &encoded_test_race().frame(index).unwrap()[..]);
+    let (_, body) = readyz(&second).await;
+    assert_eq!(body["cache"]["stats"]["corrupt"], 1);
+    assert_eq!(body["cache"]["stats"]["hits"], 0);
+    // Reloaded from the file and written back whole.
+    let cache = RaceCache::open(
+        &CacheSpec::Redis(REDIS_URL.into()),
+        &prefix.0,
+        Compression::Zstd,
+    )
+    .unwrap();
+    ready(&cache).await;
+    let repaired = eventually("the cache repaired", || async {
+        cache.load("test-race", Some(&content)).await.ok().flatten()
+    })
+    .await;
+    assert_same(&encoded_test_race(), &repaired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_validated_before_anything_is_kept() {
+    let hub = TestHub::start_with(|c| c.max_upload_bytes = 8 << 20);
+    let good = std::fs::read(race_file()).unwrap();
+    let put = |id: &str, body: Vec<u8>, token: Option<&str>| {
+        let mut request = hub
+            .http()
+            .put(hub.url(&format!("/api/races/{id}")))
+            .body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send()
+    };
+    let admin = Some(hub.admin_token.as_str());
+    assert_eq!(
+        put("test-race", good.clone(), None).await.unwrap().status(),
+        401
+    );
+
+    let truncated = put("test-race", good[..good.len() - 1000].to_vec(), admin)
+        .await
+        .unwrap();
+    assert_eq!(truncated.status(), 400);
+    let body: Value = truncated.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("truncated"),
+        "{body}"
+    );
+
+    let wrong_id = put("other", good.clone(), admin).await.unwrap();
+    assert_eq!(wrong_id.status(), 400);
+    let body: Value = wrong_id.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("not \"other\""),
+        "{body}"
+    );
+
+    let garbage = put("junk", b"not a race".to_vec(), admin).await.unwrap();
+    assert_eq!(garbage.status(), 400);
+    let too_big = put("big", vec![0u8; 9 << 20], admin).await.unwrap();
+    assert_eq!(too_big.status(), 413);
+    let body: Value = too_big.json().await.unwrap();
+    assert_eq!(body["error"], "too_large");
+
+    // Nothing from the failures is listed or left on disk.
+    let races: Vec<RaceSummary> = hub.get("/api/races").await.json().await.unwrap();
+    assert_eq!(races.len(), 1);
+    let leftovers: Vec<String> = std::fs::read_dir(hub.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n != "test-race.race" && n != "cache")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A good upload under a new id: a copy of the test race with another id.
+    let params = replay_hub::race::GenParams {
+        laps: 2,
+        drivers: 3,
+        seed: 9,
+        id: "fresh".into(),
+        name: "Fresh".into(),
+    };
+    let (meta, frames) = replay_hub::race::generate(&params, |_, _| {}).unwrap();
+    let mut fresh = Vec::new();
+    replay_hub::race::write_race(&mut fresh, &meta, frames).unwrap();
+    let created = put("fresh", fresh, admin).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let summary: RaceSummary = created.json().await.unwrap();
+    assert_eq!((summary.id.as_str(), summary.drivers), ("fresh", 3));
+    assert!(hub.dir.path().join("fresh.race").exists());
+    let session = hub
+        .http()
+        .post(hub.url("/api/sessions"))
+        .bearer_auth(&hub.admin_token)
+        .json(&json!({"race": "fresh", "id": "on-fresh"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), 201);
+    let mut viewer = Viewer::connect(&hub.ws_url("on-fresh", None)).await;
+    assert_eq!(viewer.hello["race"], "fresh");
+    assert_eq!(viewer.next_frame().await.drivers.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_fills_the_cache_for_a_hub_without_the_file() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
+        .arg("import")
+        .arg(race_file())
+        .arg("--cache")
+        .arg(format!("dir:{}", cache_dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("imported race \"test-race\""));
+
+    let hub = TestHub::start_with(|c| {
+        c.cache.cache = Some(CacheSpec::Dir(cache_dir.path().to_owned()));
+        std::fs::remove_file(c.data_dir.join("test-race.race")).unwrap();
+    });
+    let frame = first_frame(&hub.ws_url("demo", None)).await;
+    let index = replay_hub::encode::frame_index(&frame).unwrap();
+    assert_eq!(&frame[..], &encoded_test_race().frame(index).unwrap()[..]);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
+        .args(["import", "/nonexistent.race", "--cache", "none"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
