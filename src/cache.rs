@@ -5,14 +5,14 @@
 //! and `PUT /api/races/{id}` write through it. Backends implement the small [`Store`] trait:
 //! Redis (shared by replicas) or a directory (the embedded default).
 
-use std::io::{self, Cursor, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,9 @@ struct Manifest {
     total_frames: u32,
     compression: Compression,
     chunks: Vec<ChunkInfo>,
+    /// Encoded length of every frame: chunks hold nothing but frame bytes, so they decompress
+    /// straight into the race's final buffer.
+    frame_lengths: Vec<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -312,7 +315,7 @@ pub fn file_content_id(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Chunk layout before compression: `frames` little-endian u32 lengths, then the frames.
+/// Cuts a race into chunks of [`CHUNK_FRAMES`] frames (plain frame bytes, then compressed).
 fn split(
     race: &EncodedRace,
     compression: Compression,
@@ -321,25 +324,18 @@ fn split(
     let total = race.total_frames();
     let mut chunks = Vec::new();
     let mut infos = Vec::new();
+    let mut frame_lengths = Vec::with_capacity(total as usize);
     for start in (0..total).step_by(CHUNK_FRAMES as usize) {
         let end = (start + CHUNK_FRAMES).min(total);
-        let frames: Vec<Bytes> = (start..end).filter_map(|i| race.frame(i)).collect();
-        let body: usize = frames.iter().map(Bytes::len).sum();
-        let mut raw = BytesMut::with_capacity(frames.len() * 4 + body);
-        for f in &frames {
-            raw.put_u32_le(f.len() as u32);
-        }
-        for f in &frames {
-            raw.extend_from_slice(f);
-        }
-        let raw_len = raw.len() as u32;
+        let raw = race.frames_bytes(start, end);
+        frame_lengths.extend((start..end).filter_map(|i| race.frame(i).map(|f| f.len() as u32)));
         let stored = match compression {
-            Compression::None => raw.freeze(),
+            Compression::None => raw.clone(),
             Compression::Zstd => Bytes::from(zstd::bulk::compress(&raw, 3)?),
         };
         infos.push(ChunkInfo {
             frames: end - start,
-            raw_len,
+            raw_len: raw.len() as u32,
             crc: crc32fast::hash(&stored),
         });
         chunks.push(stored);
@@ -350,69 +346,104 @@ fn split(
         total_frames: total,
         compression,
         chunks: infos,
+        frame_lengths,
     };
     Ok((chunks, manifest))
 }
 
-/// Checks and joins stored chunks back into an encoded race; any damage names the key.
+/// Checks stored chunks and writes them, in parallel, straight into one buffer; any damage
+/// names the key.
 fn assemble(
     meta: RaceMeta,
     manifest: &Manifest,
     keys: &[String],
     stored: Vec<Option<Bytes>>,
 ) -> Result<EncodedRace, (String, String)> {
-    let total_raw: usize = manifest.chunks.iter().map(|c| c.raw_len as usize).sum();
-    let mut buf = BytesMut::with_capacity(total_raw);
-    let mut offsets = Vec::with_capacity(manifest.total_frames as usize + 1);
-    offsets.push(0u32);
-    for ((info, key), bytes) in manifest.chunks.iter().zip(keys).zip(stored) {
-        let fail = |reason: String| (key.clone(), reason);
-        let bytes = bytes.ok_or_else(|| fail("chunk missing".into()))?;
-        let crc = crc32fast::hash(&bytes);
-        if crc != info.crc {
-            return Err(fail(format!(
-                "checksum {crc:08x}, manifest says {:08x}",
-                info.crc
-            )));
-        }
-        let raw = match manifest.compression {
-            Compression::None => bytes,
-            Compression::Zstd => Bytes::from(
-                zstd::bulk::decompress(&bytes, info.raw_len as usize)
-                    .map_err(|e| fail(format!("zstd: {e}")))?,
-            ),
-        };
-        let table = info.frames as usize * 4;
-        if raw.len() != info.raw_len as usize || raw.len() < table {
-            return Err(fail(format!(
-                "{} bytes, expected {}",
-                raw.len(),
-                info.raw_len
-            )));
-        }
-        let mut lengths = Cursor::new(&raw[..table]);
-        let mut at = table;
-        for _ in 0..info.frames {
-            let mut len = [0u8; 4];
-            lengths
-                .read_exact(&mut len)
-                .map_err(|e| fail(e.to_string()))?;
-            let len = u32::from_le_bytes(len) as usize;
-            let frame = raw
-                .get(at..at + len)
-                .ok_or_else(|| fail("frame lengths overrun the chunk".into()))?;
-            buf.extend_from_slice(frame);
-            offsets.push(buf.len() as u32);
-            at += len;
-        }
-    }
-    if offsets.len() != manifest.total_frames as usize + 1
+    let first_key = || keys.first().cloned().unwrap_or_default();
+    let lengths = &manifest.frame_lengths;
+    let frames_in_chunks: u32 = manifest.chunks.iter().map(|c| c.frames).sum();
+    if lengths.len() != manifest.total_frames as usize
+        || frames_in_chunks != manifest.total_frames
         || meta.total_frames != manifest.total_frames
     {
-        let key = keys.first().cloned().unwrap_or_default();
-        return Err((key, "frame count differs from the manifest".into()));
+        return Err((first_key(), "frame counts disagree".into()));
     }
-    Ok(EncodedRace::from_parts(meta, buf.freeze(), offsets))
+    let total: usize = manifest.chunks.iter().map(|c| c.raw_len as usize).sum();
+    if lengths.iter().map(|&l| l as usize).sum::<usize>() != total {
+        return Err((
+            first_key(),
+            "frame lengths disagree with chunk sizes".into(),
+        ));
+    }
+    // Zeroed memory from the allocator costs nothing until written.
+    let mut buf = vec![0u8; total];
+    let mut work = Vec::with_capacity(manifest.chunks.len());
+    let mut rest = buf.as_mut_slice();
+    for ((info, key), bytes) in manifest.chunks.iter().zip(keys).zip(stored) {
+        let (slot, tail) = rest.split_at_mut(info.raw_len as usize);
+        rest = tail;
+        work.push((info, key, bytes, slot));
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_worker = work.len().div_ceil(workers).max(1);
+    let compression = manifest.compression;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks_mut(per_worker)
+            .map(|part| {
+                scope.spawn(move || {
+                    for (info, key, bytes, slot) in part.iter_mut() {
+                        fill_chunk(info, bytes.take(), slot, compression)
+                            .map_err(|reason| ((*key).clone(), reason))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err((first_key(), "chunk worker panicked".into())))
+        })
+    })?;
+    let mut offsets = Vec::with_capacity(lengths.len() + 1);
+    let mut at = 0u32;
+    offsets.push(at);
+    for &len in lengths {
+        at += len;
+        offsets.push(at);
+    }
+    Ok(EncodedRace::from_parts(meta, Bytes::from(buf), offsets))
+}
+
+/// Verifies one stored chunk and writes its frames into `slot` (exactly its decoded size).
+fn fill_chunk(
+    info: &ChunkInfo,
+    bytes: Option<Bytes>,
+    slot: &mut [u8],
+    compression: Compression,
+) -> Result<(), String> {
+    let bytes = bytes.ok_or("chunk missing")?;
+    let crc = crc32fast::hash(&bytes);
+    if crc != info.crc {
+        return Err(format!(
+            "checksum {crc:08x}, manifest says {:08x}",
+            info.crc
+        ));
+    }
+    let written = match compression {
+        Compression::None if bytes.len() == slot.len() => {
+            slot.copy_from_slice(&bytes);
+            bytes.len()
+        }
+        Compression::None => 0,
+        Compression::Zstd => {
+            zstd::bulk::decompress_to_buffer(&bytes, slot).map_err(|e| format!("zstd: {e}"))?
+        }
+    };
+    if written != slot.len() {
+        return Err(format!("{written} bytes, expected {}", slot.len()));
+    }
+    Ok(())
 }
 
 /// The embedded default: one file per key under a directory, written atomically.

@@ -78,15 +78,18 @@ impl EncodedRace {
     /// Frames `from..to` as one msgpack array, built from the already-encoded bytes.
     /// The caller has checked the range.
     pub fn frames_msgpack(&self, from: u32, to: u32) -> Bytes {
-        let (start, end) = (
-            self.offsets[from as usize] as usize,
-            self.offsets[to as usize] as usize,
-        );
-        let mut out = BytesMut::with_capacity(end - start + 5);
+        let frames = self.frames_bytes(from, to);
+        let mut out = BytesMut::with_capacity(frames.len() + 5);
         // unwrap: writing into a growable buffer cannot fail.
         rmp::encode::write_array_len(&mut (&mut out).writer(), to - from).unwrap();
-        out.extend_from_slice(&self.buf[start..end]);
+        out.extend_from_slice(&frames);
         out.freeze()
+    }
+
+    /// Frames `from..to` back to back, as one cheap slice of the shared buffer.
+    pub fn frames_bytes(&self, from: u32, to: u32) -> Bytes {
+        self.buf
+            .slice(self.offsets[from as usize] as usize..self.offsets[to as usize] as usize)
     }
 
     /// Bytes held by the encoded frames.

@@ -411,6 +411,8 @@ impl Session {
         }
     }
 
+    /// Adds a viewer and offers it the current frame at once (it is queued behind the join
+    /// reply, so the hello still comes first) instead of at the next tick.
     fn join(&mut self, msg: Join) -> Result<Joined, CommandError> {
         if self.viewers.len() >= self.max_viewers {
             return Err(CommandError::new(
@@ -428,13 +430,16 @@ impl Session {
                 last: None,
             },
         );
-        Ok(Joined {
+        let now = Instant::now();
+        let joined = Joined {
             viewer,
             session: self.id.clone(),
             race: self.race.clone(),
-            state: self.timeline.state(Instant::now()),
+            state: self.timeline.state(now),
             stats: self.stats.clone(),
-        })
+        };
+        self.fan_out(now);
+        Ok(joined)
     }
 
     fn control(&mut self, command: Command) -> PlayState {
