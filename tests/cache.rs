@@ -525,3 +525,36 @@ async fn import_fills_the_cache_for_a_hub_without_the_file() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_on_one_race_load_it_once() {
+    let hub = TestHub::start_with(|c| c.demo_session = String::new());
+    let creates = (0..6).map(|n| {
+        hub.http()
+            .post(hub.url("/api/sessions"))
+            .bearer_auth(&hub.admin_token)
+            .json(&json!({"race": "test-race", "id": format!("s{n}")}))
+            .send()
+    });
+    for response in futures_util::future::join_all(creates).await {
+        assert_eq!(response.unwrap().status(), 201);
+    }
+    let (_, body) = readyz(&hub).await;
+    assert_eq!(body["cache"]["stats"]["misses"], 1, "one load: {body}");
+    assert_eq!(body["cache"]["stats"]["hits"], 0);
+    let first = hub
+        .hub
+        .send(replay_hub::hub::SessionRace("s0".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    for n in 1..6 {
+        let other = hub
+            .hub
+            .send(replay_hub::hub::SessionRace(format!("s{n}")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &other), "session s{n} shares the race");
+    }
+}
