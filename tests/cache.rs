@@ -46,6 +46,20 @@ async fn first_frame(url: &str) -> Vec<u8> {
     }
 }
 
+/// Waits until a hub has written `race` back to the Redis at `url` under `prefix`.
+async fn written_back(url: &str, prefix: &str, race: &str) {
+    let manifest = format!("{prefix}:v1:race:{race}:manifest");
+    let mut conn = redis_conn(url);
+    eventually("the race written back to Redis", || {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&manifest)
+            .query(&mut conn)
+            .unwrap();
+        async move { exists.then_some(()) }
+    })
+    .await;
+}
+
 async fn readyz(hub: &TestHub) -> (u16, Value) {
     let response = hub.get("/readyz").await;
     let status = response.status().as_u16();
@@ -102,16 +116,7 @@ async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
     };
     let first = TestHub::start_with(with_redis);
     let original = first_frame(&first.ws_url("demo", None)).await;
-    let mut conn = redis_conn(REDIS_URL);
-    let manifest = format!("{}:v1:race:test-race:manifest", prefix.0);
-    eventually("the race written back to Redis", || {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&manifest)
-            .query(&mut conn)
-            .unwrap();
-        async move { exists.then_some(()) }
-    })
-    .await;
+    written_back(REDIS_URL, &prefix.0, "test-race").await;
     first.shutdown().unwrap();
 
     let second = TestHub::start_with(|c| {
@@ -185,16 +190,7 @@ async fn two_hub_processes_share_one_redis() {
         .await
         .unwrap();
     assert_eq!(uploaded.status(), 200, "replaces the existing race");
-    let manifest = format!("{}:v1:race:test-race:manifest", prefix.0);
-    let mut conn = redis_conn(REDIS_URL);
-    eventually("the race in Redis", || {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&manifest)
-            .query(&mut conn)
-            .unwrap();
-        async move { exists.then_some(()) }
-    })
-    .await;
+    written_back(REDIS_URL, &prefix.0, "test-race").await;
 
     let (child, addr) = spawn_hub_process(&[
         "--data-dir",
@@ -323,15 +319,7 @@ async fn a_race_without_a_file_fails_clearly_when_redis_is_gone() {
     };
     let first = TestHub::start_with(with_redis);
     first_frame(&first.ws_url("demo", None)).await;
-    let mut conn = redis_conn(&url);
-    eventually("written back", || {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg("replay-hub:v1:race:test-race:manifest")
-            .query(&mut conn)
-            .unwrap();
-        async move { exists.then_some(()) }
-    })
-    .await;
+    written_back(&url, "replay-hub", "test-race").await;
     first.shutdown().unwrap();
     let second = TestHub::start_with(|c| {
         with_redis(c);
@@ -370,16 +358,9 @@ async fn a_corrupted_chunk_is_detected_reloaded_from_the_file_and_counted() {
     first_frame(&first.ws_url("demo", None)).await;
     let content = file_content_id(race_file()).unwrap();
     let chunk = format!("{}:v1:race:test-race:{content}:chunk:2", prefix.0);
-    let mut conn = redis_conn(REDIS_URL);
-    eventually("written back", || {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(format!("{}:v1:race:test-race:manifest", prefix.0))
-            .query(&mut conn)
-            .unwrap();
-        async move { exists.then_some(()) }
-    })
-    .await;
+    written_back(REDIS_URL, &prefix.0, "test-race").await;
     first.shutdown().unwrap();
+    let mut conn = redis_conn(REDIS_URL);
     let _: () = redis::cmd("SETRANGE")
         .arg(&chunk)
         .arg(10)
