@@ -21,6 +21,7 @@ use crate::hub::{
     random_token, valid_id, CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub,
     ImportRace, ListRaces, ListSessions, LoadRace,
 };
+use crate::metrics::Metrics;
 use crate::viewer::{ClosableBody, Viewer, ViewerLimits};
 
 /// What every handler shares: the hub's address and the limits from the config.
@@ -36,11 +37,13 @@ pub struct ApiState {
     pub data_dir: std::path::PathBuf,
     /// Read for readiness only; the hub does the caching.
     pub cache: Option<Arc<RaceCache>>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .service(
             web::scope("/api")
                 .route("/races", web::get().to(list_races))
@@ -95,6 +98,20 @@ pub fn query_config() -> web::QueryConfig {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Prometheus text exposition of every metric.
+async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    if let Some(cache) = &state.cache {
+        state
+            .metrics
+            .cache_up
+            .with_label_values(&[cache.backend()])
+            .set(i64::from(cache.is_ready()));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
 }
 
 /// Ready when the cache backend answers (or there is none): a hub without its cache still
@@ -352,6 +369,7 @@ async fn websocket(
     let (closer, close_rx) = oneshot::channel();
     Viewer::start(
         session,
+        state.metrics.clone(),
         can_control,
         state.viewer_limits.clone(),
         ws,

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::cache::{file_content_id, CacheError, RaceCache};
 use crate::encode::EncodedRace;
+use crate::metrics::Metrics;
 use crate::race::{RaceMeta, RaceReader};
 use crate::session::{End, GetInfo, PlayedRace, Session, SessionInfo};
 
@@ -115,7 +116,16 @@ async fn load_race(
     id: String,
     path: Option<PathBuf>,
     cache: Option<Arc<RaceCache>>,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<EncodedRace>, String> {
+    let started = std::time::Instant::now();
+    let backend = cache.as_ref().map_or("none", |c| c.backend());
+    let count = |result: &str| {
+        metrics
+            .cache_requests
+            .with_label_values(&[backend, result])
+            .inc();
+    };
     let content = match &path {
         Some(p) => {
             let p = p.clone();
@@ -128,22 +138,29 @@ async fn load_race(
     };
     let mut cache_error = None;
     if let Some(cache) = &cache {
-        let started = std::time::Instant::now();
         match cache.load(&id, content.as_deref()).await {
             Ok(Some(race)) => {
                 cache.stats.hits.fetch_add(1, Ordering::Relaxed);
+                count("hit");
+                metrics
+                    .load_seconds
+                    .with_label_values(&[backend, "cache"])
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::info!(race = %id, backend = cache.backend(), seconds = started.elapsed().as_secs_f64(), "race loaded from the cache");
                 return Ok(Arc::new(race));
             }
             Ok(None) => {
                 cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+                count("miss");
             }
             Err(err @ CacheError::Corrupt { .. }) => {
                 cache.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                count("corrupt");
                 cache_error = Some(err.to_string());
             }
             Err(err) => {
                 cache.stats.errors.fetch_add(1, Ordering::Relaxed);
+                count("error");
                 tracing::warn!(race = %id, %err, "cache read failed; loading the race file");
                 cache_error = Some(err.to_string());
             }
@@ -159,6 +176,10 @@ async fn load_race(
         .await
         .map_err(|e| format!("loader failed: {e}"))??;
     let race = Arc::new(race);
+    metrics
+        .load_seconds
+        .with_label_values(&[backend, "file"])
+        .observe(started.elapsed().as_secs_f64());
     if let (Some(cache), Some(content)) = (cache, content) {
         write_back(cache, race.clone(), content);
     }
@@ -192,6 +213,7 @@ pub struct Hub {
     data_dir: PathBuf,
     max_sessions: usize,
     max_viewers_per_session: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -201,8 +223,10 @@ impl Hub {
         data_dir: PathBuf,
         max_sessions: usize,
         max_viewers_per_session: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            metrics,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -233,7 +257,7 @@ impl Hub {
         let path = entry.path.clone();
         let race = race.to_owned();
         tracing::info!(race = %race, "loading race");
-        let task = load_race(race.clone(), path, self.cache.clone());
+        let task = load_race(race.clone(), path, self.cache.clone(), self.metrics.clone());
         ctx.spawn(task.into_actor(self).map(move |result, act, _| {
             act.finish_load(race, result);
         }));
@@ -250,6 +274,7 @@ impl Hub {
                     "race loaded"
                 );
                 self.loaded.insert(race.clone(), encoded.clone());
+                self.metrics.races_loaded.set(self.loaded.len() as i64);
                 Ok(encoded)
             }
             Err(reason) => {
@@ -318,7 +343,14 @@ impl Hub {
             }
         });
         let control_token = random_token(16);
-        let addr = Session::new(&id, race.clone(), autoplay, self.max_viewers_per_session).start();
+        let addr = Session::new(
+            &id,
+            race.clone(),
+            autoplay,
+            self.max_viewers_per_session,
+            self.metrics.clone(),
+        )
+        .start();
         tracing::info!(session = %id, race = %race.id(), "session created");
         self.sessions.insert(
             id.clone(),
@@ -328,6 +360,7 @@ impl Hub {
                 control_token: control_token.clone(),
             },
         );
+        self.metrics.sessions.set(self.sessions.len() as i64);
         Ok(Created {
             id,
             race: race.id().to_owned(),
@@ -500,6 +533,7 @@ impl Handler<ImportRace> for Hub {
             act.races
                 .insert(id.clone(), RaceEntry::new(Some(path), (*race.meta).clone()));
             act.loaded.insert(id.clone(), race.clone());
+            act.metrics.races_loaded.set(act.loaded.len() as i64);
             if let Some(cache) = &act.cache {
                 write_back(cache.clone(), race, content);
             }
@@ -570,6 +604,7 @@ impl Handler<DeleteSession> for Hub {
             .remove(&msg.id)
             .ok_or(HubError::SessionNotFound(msg.id.clone()))?;
         tracing::info!(session = %msg.id, race = %entry.race, "session deleted");
+        self.metrics.sessions.set(self.sessions.len() as i64);
         entry.addr.do_send(End {
             code: 1001,
             reason: msg.reason,
@@ -598,6 +633,7 @@ impl Handler<Shutdown> for Hub {
             })
             .collect();
         self.loading.clear();
+        self.metrics.sessions.set(0);
         Box::pin(async move {
             join_all(ends).await;
         })

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod error;
 pub mod hub;
 pub mod loadtest;
+pub mod metrics;
 pub mod race;
 pub mod session;
 pub mod viewer;
@@ -30,6 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
+use crate::metrics::Metrics;
 use crate::race::{generate, read_meta, write_race, GenParams};
 use crate::viewer::ViewerLimits;
 
@@ -74,12 +76,15 @@ impl App {
         }
         let mut candidates: Vec<String> = races.iter().map(|r| r.meta.id.clone()).collect();
         candidates.extend(cached);
+        let metrics = Metrics::new();
+        metrics.sample_process(Duration::from_secs(1));
         let hub = Hub::new(
             races,
             cache.clone(),
             config.data_dir.clone(),
             config.max_sessions,
             config.max_viewers_per_session,
+            metrics.clone(),
         )
         .start();
         let admin_token = config
@@ -106,6 +111,7 @@ impl App {
             max_upload_bytes: config.max_upload_bytes,
             data_dir: config.data_dir.clone(),
             cache,
+            metrics,
         };
         let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
             addr: config.bind,

@@ -15,6 +15,7 @@ use bytestring::ByteString;
 use serde::Serialize;
 
 use crate::encode::{state_message, EncodedRace, PlayState};
+use crate::metrics::Metrics;
 use crate::race::FPS;
 
 /// Slowest and fastest playback speeds a controller may choose.
@@ -221,16 +222,55 @@ impl CommandError {
     }
 }
 
-/// Delivery counters shared by a session and its viewers (atomics, no lock), read by the API.
-#[derive(Debug, Default)]
+/// Delivery counters shared by a session and its viewers (atomics, no lock): per session for the
+/// API, and added to the hub-wide Prometheus metrics at the same time.
 pub struct DeliveryStats {
-    pub frames_sent: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub stalled_closed: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_dropped: AtomicU64,
+    bytes_sent: AtomicU64,
+    stalled_closed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl DeliveryStats {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            frames_sent: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            stalled_closed: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A frame handed to a socket, `latency` after the tick that offered it.
+    pub fn count_sent(&self, bytes: usize, latency: Duration) {
+        self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.metrics.frames_sent.inc();
+        self.metrics.bytes_sent.inc_by(bytes as u64);
+        self.metrics.send_latency.observe(latency.as_secs_f64());
+    }
+
+    /// A frame a viewer will not get: replaced by a newer one, or offered to a full mailbox.
+    /// `stalled` when the viewer's socket has accepted nothing for a while.
+    pub fn count_drop_as(&self, stalled: bool) {
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        let reason = if stalled { "stalled" } else { "slow" };
+        self.metrics
+            .frames_dropped
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    pub fn count_stalled_close(&self) {
+        self.stalled_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             frames_sent: self.frames_sent.load(Ordering::Relaxed),
@@ -238,10 +278,6 @@ impl DeliveryStats {
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             stalled_closed: self.stalled_closed.load(Ordering::Relaxed),
         }
-    }
-
-    pub fn count_drop(&self) {
-        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -262,6 +298,8 @@ pub struct Deliver {
     pub state: ByteString,
     pub index: u32,
     pub bytes: Bytes,
+    /// When the session offered it: the start of the send latency.
+    pub offered_at: Instant,
 }
 
 /// The session is gone; the viewer closes its socket with this code and reason.
@@ -350,10 +388,18 @@ pub struct Session {
     next_viewer: u64,
     max_viewers: usize,
     stats: Arc<DeliveryStats>,
+    /// When the next tick is due, to measure lateness.
+    next_tick: Instant,
 }
 
 impl Session {
-    pub fn new(id: &str, race: Arc<EncodedRace>, autoplay: bool, max_viewers: usize) -> Self {
+    pub fn new(
+        id: &str,
+        race: Arc<EncodedRace>,
+        autoplay: bool,
+        max_viewers: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let now = Instant::now();
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
         Self {
@@ -364,17 +410,28 @@ impl Session {
             viewers: HashMap::new(),
             next_viewer: 1,
             max_viewers,
-            stats: Arc::default(),
+            stats: Arc::new(DeliveryStats::new(metrics)),
+            next_tick: now + TICK,
         }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.stats.metrics()
     }
 
     fn tick(&mut self) {
         let now = Instant::now();
+        let late = now.saturating_duration_since(self.next_tick);
+        self.metrics().tick_lateness.observe(late.as_secs_f64());
+        self.next_tick = now.max(self.next_tick) + TICK;
         if self.timeline.at_end(now) {
             self.timeline.apply(&Command::Pause, now);
             self.state_changed(now);
         }
         self.fan_out(now);
+        self.metrics()
+            .tick_duration
+            .observe(now.elapsed().as_secs_f64());
     }
 
     fn state_changed(&mut self, now: Instant) {
@@ -399,16 +456,27 @@ impl Session {
                 state: self.state_msg.clone(),
                 index,
                 bytes: bytes.clone(),
+                offered_at: now,
             };
             match viewer.frames.try_send(offer) {
                 Ok(()) => viewer.last = Some((epoch, index)),
-                Err(SendError::Full(_)) => self.stats.count_drop(),
+                Err(SendError::Full(_)) => self.stats.count_drop_as(false),
                 Err(SendError::Closed(_)) => gone.push(*id),
             }
         }
-        for id in gone {
-            self.viewers.remove(&id);
+        if !gone.is_empty() {
+            for id in gone {
+                self.viewers.remove(&id);
+            }
+            self.viewers_changed();
         }
+    }
+
+    fn viewers_changed(&self) {
+        self.metrics()
+            .session_viewers
+            .with_label_values(&[&*self.id])
+            .set(self.viewers.len() as i64);
     }
 
     /// Adds a viewer and offers it the current frame at once (it is queued behind the join
@@ -430,6 +498,7 @@ impl Session {
                 last: None,
             },
         );
+        self.viewers_changed();
         let now = Instant::now();
         let joined = Joined {
             viewer,
@@ -482,7 +551,9 @@ impl Handler<Join> for Session {
 impl Handler<Leave> for Session {
     type Result = ();
     fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
-        self.viewers.remove(&msg.viewer);
+        if self.viewers.remove(&msg.viewer).is_some() {
+            self.viewers_changed();
+        }
     }
 }
 
@@ -511,6 +582,11 @@ impl Handler<End> for Session {
             });
         }
         self.viewers.clear();
+        // The label goes with the session, so ended sessions do not linger in the metrics.
+        let _ = self
+            .metrics()
+            .session_viewers
+            .remove_label_values(&[&*self.id]);
         ctx.stop();
     }
 }

@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
 use crate::encode::{error_message, hello_message, EncodedRace, Hello};
+use crate::metrics::{Disconnect, Metrics};
 use crate::session::{
     Command, Control, Deliver, DeliveryStats, Ended, Join, Joined, Leave, Session,
 };
@@ -42,6 +42,8 @@ const MAILBOX: usize = 8;
 /// Text messages (hello, state, errors, pongs) waiting for the socket before the client is
 /// considered abusive: it sends but does not read.
 const MAX_OUTBOX: usize = 64;
+/// A socket that accepted nothing for this long counts its drops as "stalled", not "slow".
+const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 /// Limits a viewer enforces, taken from the config.
 #[derive(Debug, Clone)]
@@ -54,6 +56,9 @@ pub struct ViewerLimits {
 
 pub struct Viewer {
     session: Addr<Session>,
+    metrics: Arc<Metrics>,
+    /// Why this viewer ends, for the disconnect metric; a client that just goes is the default.
+    gone: Disconnect,
     can_control: bool,
     limits: ViewerLimits,
     /// `None` while a send holds it.
@@ -66,7 +71,8 @@ pub struct Viewer {
     outbox: VecDeque<Message>,
     /// The latest epoch's state message, sent before any frame of that epoch (latest wins).
     pending_state: Option<ByteString>,
-    pending: Option<Bytes>,
+    /// The newest unsent frame and when its session offered it.
+    pending: Option<(Bytes, Instant)>,
     sending_since: Option<Instant>,
     last_heard: Instant,
     limiter: DefaultDirectRateLimiter,
@@ -81,8 +87,10 @@ struct JoinedState {
 impl Viewer {
     /// Starts a viewer for an upgraded connection. `closer` reaches the response body wrapped in
     /// [`ClosableBody`], so a close frame can go out even when the socket queue is full.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         session: Addr<Session>,
+        metrics: Arc<Metrics>,
         can_control: bool,
         limits: ViewerLimits,
         ws: actix_ws::Session,
@@ -92,6 +100,8 @@ impl Viewer {
         let limiter = RateLimiter::direct(Quota::per_second(limits.commands_per_second));
         Viewer {
             session,
+            metrics,
+            gone: Disconnect::Client,
             can_control,
             limits,
             ws: Some(ws),
@@ -119,6 +129,8 @@ impl Viewer {
             state: joined.state,
         });
         self.epoch = joined.state.epoch;
+        self.metrics.viewers.inc();
+        self.metrics.ws_connects.inc();
         self.joined = Some(JoinedState {
             viewer: joined.viewer,
             race: joined.race,
@@ -136,16 +148,23 @@ impl Viewer {
         if offer.epoch < self.epoch {
             return;
         }
+        let stalled = self
+            .sending_since
+            .is_some_and(|since| since.elapsed() > STALLED_AFTER);
         if offer.epoch > self.epoch {
             self.epoch = offer.epoch;
             if self.pending.take().is_some() {
-                joined.stats.count_drop();
+                joined.stats.count_drop_as(stalled);
             }
             // Only the newest state matters; an unsent older one is superseded.
             self.pending_state = Some(offer.state);
         }
-        if self.pending.replace(offer.bytes).is_some() {
-            joined.stats.count_drop();
+        if self
+            .pending
+            .replace((offer.bytes, offer.offered_at))
+            .is_some()
+        {
+            joined.stats.count_drop_as(stalled);
         }
         self.pump(ctx);
     }
@@ -171,13 +190,13 @@ impl Viewer {
         let Some(mut ws) = self.ws.take() else {
             return;
         };
-        let (message, frame_len) = if let Some(message) = self.outbox.pop_front() {
+        let (message, frame) = if let Some(message) = self.outbox.pop_front() {
             (message, None)
         } else if let Some(state) = self.pending_state.take() {
             (Message::Text(state), None)
-        } else if let Some(frame) = self.pending.take() {
-            let len = frame.len();
-            (Message::Binary(frame), Some(len))
+        } else if let Some((bytes, offered_at)) = self.pending.take() {
+            let len = bytes.len();
+            (Message::Binary(bytes), Some((len, offered_at)))
         } else {
             self.ws = Some(ws);
             return;
@@ -189,7 +208,7 @@ impl Viewer {
         };
         ctx.spawn(
             send.into_actor(self)
-                .map(move |(ws, result), act, ctx| act.sent(ws, result.is_ok(), frame_len, ctx)),
+                .map(move |(ws, result), act, ctx| act.sent(ws, result.is_ok(), frame, ctx)),
         );
     }
 
@@ -197,7 +216,7 @@ impl Viewer {
         &mut self,
         ws: actix_ws::Session,
         ok: bool,
-        frame_len: Option<usize>,
+        frame: Option<(usize, Instant)>,
         ctx: &mut Context<Self>,
     ) {
         self.sending_since = None;
@@ -206,12 +225,8 @@ impl Viewer {
             return;
         }
         self.ws = Some(ws);
-        if let (Some(len), Some(joined)) = (frame_len, &self.joined) {
-            joined.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-            joined
-                .stats
-                .bytes_sent
-                .fetch_add(len as u64, Ordering::Relaxed);
+        if let (Some((len, offered_at)), Some(joined)) = (frame, &self.joined) {
+            joined.stats.count_sent(len, offered_at.elapsed());
         }
         self.pump(ctx);
     }
@@ -221,7 +236,7 @@ impl Viewer {
         if let Some(since) = self.sending_since {
             if now.duration_since(since) > self.limits.stall_timeout {
                 if let Some(joined) = &self.joined {
-                    joined.stats.stalled_closed.fetch_add(1, Ordering::Relaxed);
+                    joined.stats.count_stalled_close();
                 }
                 self.close(
                     close_code::STALLED,
@@ -247,6 +262,7 @@ impl Viewer {
             return;
         };
         if self.limiter.check().is_err() {
+            self.count_command("unknown", "rate_limited");
             let limit = self.limits.commands_per_second;
             let reply = error_message(
                 "rate_limited",
@@ -258,11 +274,13 @@ impl Viewer {
         let command = match Command::parse(text, joined.race.total_frames()) {
             Ok(command) => command,
             Err(err) => {
+                self.count_command("invalid", err.code);
                 self.queue(Message::Text(error_message(err.code, &err.message)), ctx);
                 return;
             }
         };
         if !self.can_control {
+            self.count_command(command.kind(), "forbidden");
             let reply = error_message(
                 "forbidden",
                 "this connection has no control token; connect with ?token=<control token>",
@@ -270,6 +288,7 @@ impl Viewer {
             self.queue(Message::Text(reply), ctx);
             return;
         }
+        self.count_command(command.kind(), "ok");
         // The new state reaches every viewer, this one included, through the session's offers.
         // If the session is ending, its `Ended` message closes this viewer with the reason.
         ctx.spawn(
@@ -300,8 +319,25 @@ impl Viewer {
         }
     }
 
+    fn count_command(&self, kind: &str, result: &str) {
+        self.metrics
+            .commands
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
     /// Closes with `code`: the close frame overtakes whatever is still queued for the socket.
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        self.gone = match code {
+            close_code::STALLED => Disconnect::Stalled,
+            close_code::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
+            1001 => Disconnect::SessionEnded,
+            1002 => Disconnect::Protocol,
+            1008 => Disconnect::Policy,
+            1009 => Disconnect::TooBig,
+            1013 => Disconnect::SessionFull,
+            _ => Disconnect::Client,
+        };
         if let Some(closer) = self.closer.take() {
             let _ = closer.send(close_frame(code, reason));
         }
@@ -335,7 +371,9 @@ impl Actor for Viewer {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.metrics.disconnected(self.gone);
         if let Some(joined) = &self.joined {
+            self.metrics.viewers.dec();
             // One message per viewer lifetime, not per frame.
             self.session.do_send(Leave {
                 viewer: joined.viewer,
@@ -369,6 +407,8 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Viewe
             Err(actix_ws::ProtocolError::Overflow) => {
                 self.close(CloseCode::Size.into(), "message too big", ctx)
             }
+            // The connection itself failed: the client is gone, there is no one to tell.
+            Err(actix_ws::ProtocolError::Io(_)) => ctx.stop(),
             Err(err) => self.close(CloseCode::Protocol.into(), &err.to_string(), ctx),
         }
     }
