@@ -85,6 +85,7 @@ pub trait Store: Send + Sync {
     fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>>;
     /// Writes all items; a reader sees each item whole or not at all.
     fn set(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<(), CacheError>>;
+    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Result<(), CacheError>>;
     fn add_member(&self, set: String, member: String) -> BoxFuture<'_, Result<(), CacheError>>;
     fn members(&self, set: String) -> BoxFuture<'_, Result<Vec<String>, CacheError>>;
 }
@@ -210,6 +211,16 @@ impl RaceCache {
             .map_err(|e| corrupt(&key, e))
     }
 
+    async fn manifest(&self, id: &str) -> Result<Option<Manifest>, CacheError> {
+        let key = self.race_key(id, "manifest");
+        match self.store.get(vec![key.clone()]).await?.pop().flatten() {
+            Some(bytes) => rmp_serde::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| corrupt(&key, e)),
+            None => Ok(None),
+        }
+    }
+
     /// The cached encoded race, if the cache holds it for this encoding and, when given, this
     /// source content. A mismatch is a miss; damaged bytes are a `Corrupt` error.
     pub async fn load(
@@ -251,10 +262,12 @@ impl RaceCache {
     }
 
     /// Writes a race: chunks first, then metadata and manifest, then the index, so a reader
-    /// never finds a manifest whose chunks are not all there.
+    /// never finds a manifest whose chunks are not all there. The chunks of the content it
+    /// replaces (an older file or encoding) are deleted afterwards.
     pub async fn store(&self, race: &Arc<EncodedRace>, content: &str) -> Result<(), CacheError> {
         let id = race.id().to_owned();
         let started = Instant::now();
+        let previous = self.manifest(&id).await.ok().flatten();
         let (chunks, manifest) = {
             let race = race.clone();
             let compression = self.compression;
@@ -281,6 +294,14 @@ impl RaceCache {
             ])
             .await?;
         self.store.add_member(self.key("races"), id.clone()).await?;
+        if let Some(old) = previous.filter(|old| old.content != content) {
+            let stale = (0..old.chunks.len())
+                .map(|n| self.chunk_key(&id, &old.content, n))
+                .collect();
+            if let Err(err) = self.store.delete(stale).await {
+                tracing::warn!(race = %id, %err, "could not delete replaced cache chunks");
+            }
+        }
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             race = %id,
@@ -506,6 +527,24 @@ impl Store for DirStore {
         .boxed()
     }
 
+    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Result<(), CacheError>> {
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                for path in paths {
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| CacheError::Io(io::Error::other(e)))?
+        }
+        .boxed()
+    }
+
     fn add_member(&self, set: String, member: String) -> BoxFuture<'_, Result<(), CacheError>> {
         self.set(vec![(format!("{set}:{member}"), Bytes::new())])
     }
@@ -651,6 +690,22 @@ impl Store for RedisStore {
         .boxed()
     }
 
+    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Result<(), CacheError>> {
+        async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut conn = self.connection()?;
+            self.note(
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<()>(&mut conn)
+                    .await,
+            )
+        }
+        .boxed()
+    }
+
     fn add_member(&self, set: String, member: String) -> BoxFuture<'_, Result<(), CacheError>> {
         async move {
             let mut conn = self.connection()?;
@@ -748,6 +803,34 @@ mod tests {
         cache.store.set(vec![(key, bytes)]).await.unwrap();
         assert!(cache.load("unit", None).await.unwrap().is_none());
         assert!(content_id(0xabc).starts_with(&format!("e{ENCODING_VERSION}-")));
+    }
+
+    #[tokio::test]
+    async fn new_content_replaces_the_old_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir_cache(dir.path(), Compression::Zstd);
+        let store = DirStore::new(dir.path().to_owned());
+        let race = race(2);
+        cache.store(&race, "e1-00000001").await.unwrap();
+        let old_chunk = store.path(&cache.chunk_key("unit", "e1-00000001", 0));
+        assert!(old_chunk.exists());
+        cache.store(&race, "e1-00000002").await.unwrap();
+        assert!(
+            !old_chunk.exists(),
+            "the replaced content's chunks are gone"
+        );
+        assert!(cache
+            .load("unit", Some("e1-00000002"))
+            .await
+            .unwrap()
+            .is_some());
+        // Storing the same content again keeps its chunks.
+        cache.store(&race, "e1-00000002").await.unwrap();
+        assert!(cache
+            .load("unit", Some("e1-00000002"))
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]
