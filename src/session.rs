@@ -390,6 +390,7 @@ pub struct Session {
     stats: Arc<DeliveryStats>,
     /// When the next tick is due, to measure lateness.
     next_tick: Instant,
+    ticker: Option<SpawnHandle>,
 }
 
 impl Session {
@@ -412,6 +413,7 @@ impl Session {
             max_viewers,
             stats: Arc::new(DeliveryStats::new(metrics)),
             next_tick: now + TICK,
+            ticker: None,
         }
     }
 
@@ -511,6 +513,20 @@ impl Session {
         Ok(joined)
     }
 
+    /// (Re)starts the 25 FPS timer `first` from now. After a command the timeline is anchored
+    /// at that instant, so ticks half a frame later sit mid-frame, where timer jitter cannot
+    /// turn into a repeated or a skipped frame.
+    fn start_ticking(&mut self, first: Duration, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.ticker.take() {
+            ctx.cancel_future(handle);
+        }
+        self.next_tick = Instant::now() + first;
+        self.ticker = Some(ctx.run_later(first, |act, ctx| {
+            act.tick();
+            act.ticker = Some(ctx.run_interval(TICK, |act, _| act.tick()));
+        }));
+    }
+
     fn control(&mut self, command: Command) -> PlayState {
         let now = Instant::now();
         self.timeline.apply(&command, now);
@@ -537,7 +553,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Joins and commands arrive with `send`, which waits for room: keep it modest.
         ctx.set_mailbox_capacity(256);
-        ctx.run_interval(TICK, |act, _| act.tick());
+        self.start_ticking(TICK, ctx);
     }
 }
 
@@ -559,8 +575,11 @@ impl Handler<Leave> for Session {
 
 impl Handler<Control> for Session {
     type Result = MessageResult<Control>;
-    fn handle(&mut self, msg: Control, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.control(msg.0))
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
+        let state = self.control(msg.0);
+        let frame_period = TICK.div_f64(state.speed);
+        self.start_ticking((frame_period / 2).min(TICK), ctx);
+        MessageResult(state)
     }
 }
 
