@@ -56,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/sessions/{id}", web::delete().to(delete_session)),
         )
         .route("/ws/sessions/{id}", web::get().to(websocket))
+        .configure(crate::pages::configure)
         .default_service(web::to(not_found));
 }
 

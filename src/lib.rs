@@ -12,6 +12,7 @@ pub mod error;
 pub mod hub;
 pub mod loadtest;
 pub mod metrics;
+pub mod pages;
 pub mod race;
 pub mod session;
 pub mod viewer;

@@ -62,6 +62,11 @@ async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
     }
     println!("replay-hub listening on http://{host}");
     if let Some(demo) = app.demo() {
+        println!("watch:       http://{host}/sessions/{}", demo.id);
+        println!(
+            "control:     http://{host}/sessions/{}?token={}",
+            demo.id, demo.control_token
+        );
         println!("viewer URL:  ws://{host}/ws/sessions/{}", demo.id);
         println!(
             "control URL: ws://{host}/ws/sessions/{}?token={}",

@@ -310,6 +310,28 @@ async fn every_error_is_json_even_off_the_map() {
     assert_json_error(response, 401, "unauthorized").await;
 }
 
+#[tokio::test]
+async fn the_web_viewer_is_served_from_the_binary() {
+    let hub = TestHub::start();
+    for (path, content_type, marker) in [
+        ("/", "text/html", "Sessions"),
+        ("/sessions/demo", "text/html", "leaderboard"),
+        ("/assets/app.js", "text/javascript", "requestAnimationFrame"),
+        ("/assets/worker.js", "text/javascript", "WebSocket"),
+        ("/assets/style.css", "text/css", "body"),
+    ] {
+        let response = hub.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with(content_type), "{path}: {kind}");
+        assert!(response.text().await.unwrap().contains(marker), "{path}");
+    }
+    assert_json_error(hub.get("/assets/nope.js").await, 404, "not_found").await;
+}
+
 #[test]
 fn generate_is_deterministic_per_seed() {
     let dir = tempfile::tempdir().unwrap();

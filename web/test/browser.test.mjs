@@ -1,0 +1,163 @@
+// The web viewer in a real browser: headless Chromium (Debian's, /usr/bin/chromium) driven by
+// playwright-core against a real hub started from the built binary on a free port.
+// REPLAY_HUB_BIN overrides the binary (default ../target/debug/replay-hub), CHROMIUM the browser.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const BIN = process.env.REPLAY_HUB_BIN || new URL("../../target/debug/replay-hub", import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ADMIN = "browser-test-admin";
+
+let hub;
+let dataDir;
+let base;
+let token;
+let browser;
+
+async function startHub() {
+  dataDir = mkdtempSync(join(tmpdir(), "replay-hub-web-"));
+  hub = spawn(BIN, ["serve", "--bind", "127.0.0.1:0", "--data-dir", dataDir, "--demo-laps", "2", "--admin-token", ADMIN], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, RUST_LOG: "warn" },
+  });
+  const lines = createInterface({ input: hub.stdout });
+  for await (const line of lines) {
+    const listening = line.match(/^replay-hub listening on (http:\/\/\S+)/);
+    if (listening) base = listening[1];
+    const control = line.match(/^control: +\S+\?token=(\S+)/);
+    if (control) token = control[1];
+    if (base && token) break;
+  }
+  assert.ok(base && token, "the hub printed its address and the demo's control token");
+}
+
+async function openPage(path) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.on("pageerror", (error) => assert.fail(`page error on ${path}: ${error.message}`));
+  await page.goto(base + path);
+  return page;
+}
+
+async function canvasShot(page) {
+  return page.locator("#track").screenshot();
+}
+
+/// Two screenshots `ms` apart: whether anything on the canvas moved.
+async function moved(page, ms) {
+  const first = await canvasShot(page);
+  await page.waitForTimeout(ms);
+  const second = await canvasShot(page);
+  return !first.equals(second);
+}
+
+async function admin(method, path, body) {
+  return fetch(base + path, {
+    method,
+    headers: { Authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: body && JSON.stringify(body),
+  });
+}
+
+describe("the web viewer", () => {
+  before(async () => {
+    await startHub();
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    // The race starts with the cars still on the grid: seek into it, with the page's own slider.
+    const controller = await openPage(`/sessions/demo?token=${token}`);
+    await controller.locator("#controls").waitFor();
+    await controller.locator("#timeline").evaluate((slider) => {
+      slider.value = "1000";
+      slider.dispatchEvent(new Event("change"));
+    });
+    await controller.waitForFunction(() => Number(document.body.dataset.frame) >= 1000);
+    await controller.close();
+  });
+
+  after(async () => {
+    await browser?.close();
+    hub?.kill();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("the session list links to the playing session", async () => {
+    const page = await openPage("/");
+    const link = page.locator("#sessions a", { hasText: "demo" });
+    await link.waitFor();
+    assert.equal(await link.getAttribute("href"), "/sessions/demo");
+    await page.close();
+  });
+
+  test("draws the track and twenty moving cars, with a twenty-row leaderboard", async () => {
+    const page = await openPage("/sessions/demo");
+    await page.waitForSelector('body[data-cars="20"]');
+    await page.waitForSelector("#connection[data-status=live]");
+    const rows = page.locator("#leaderboard tbody tr");
+    assert.equal(await rows.count(), 20);
+    const codes = await page.locator("#leaderboard .code").allTextContents();
+    assert.equal(new Set(codes.filter((c) => /^[A-Z]{3}$/.test(c))).size, 20, `codes: ${codes}`);
+    assert.match(await page.locator("#lap").textContent(), /^Lap \d+ \/ 2$/);
+    assert.ok(await moved(page, 700), "the cars move between two screenshots");
+    assert.ok(await page.locator("#controls").isHidden(), "no controls without the token");
+    await page.close();
+  });
+
+  test("a pause from a controller stops the motion on another viewer, and play resumes it", async () => {
+    const controller = await openPage(`/sessions/demo?token=${token}`);
+    const viewer = await openPage("/sessions/demo");
+    await controller.locator("#controls").waitFor();
+    await viewer.waitForSelector('body[data-cars="20"]');
+    assert.ok(await moved(viewer, 500), "moving before the pause");
+
+    await controller.locator("#play").click();
+    await viewer.waitForSelector('body[data-playing="false"]');
+    await viewer.waitForTimeout(300); // the interpolation delay runs out
+    assert.ok(!(await moved(viewer, 700)), "nothing moves on the viewer while paused");
+
+    await controller.locator("#play").click();
+    await viewer.waitForSelector('body[data-playing="true"]');
+    assert.ok(await moved(viewer, 700), "moving again after play");
+    await controller.close();
+    await viewer.close();
+  });
+
+  test("keeps up at 4x speed", async () => {
+    const controller = await openPage(`/sessions/demo?token=${token}`);
+    const viewer = await openPage("/sessions/demo");
+    await controller.locator("#controls").waitFor();
+    await viewer.waitForSelector('body[data-cars="20"]');
+    await controller.locator("#speed").selectOption("4");
+    await viewer.waitForFunction(() => document.getElementById("speed").value === "4");
+    const frame = () => viewer.evaluate(() => Number(document.body.dataset.frame));
+    const start = await frame();
+    await viewer.waitForTimeout(2000);
+    const advanced = (await frame()) - start;
+    // 4 × 25 frames a second for 2 s is 200 frames; a page falling behind would show far fewer.
+    assert.ok(advanced >= 120, `advanced ${advanced} frames in 2 s at 4x`);
+    assert.ok(await moved(viewer, 300), "still drawing");
+    await controller.locator("#speed").selectOption("1");
+    await controller.close();
+    await viewer.close();
+  });
+
+  test("says so when the session is deleted", async () => {
+    const created = await admin("POST", "/api/sessions", { race: "demo", id: "short-lived" });
+    assert.equal(created.status, 201);
+    const viewer = await openPage("/sessions/short-lived");
+    await viewer.waitForSelector('body[data-cars="20"]');
+    const deleted = await admin("DELETE", "/api/sessions/short-lived");
+    assert.equal(deleted.status, 204);
+    await viewer.locator("#ended").waitFor();
+    assert.match(await viewer.locator("#ended").textContent(), /deleted/);
+    assert.equal(await viewer.locator("#connection").getAttribute("data-status"), "ended");
+    await viewer.close();
+  });
+});
