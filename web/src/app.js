@@ -236,7 +236,8 @@ function updateBoard(frame) {
     cells[1].firstChild.style.background = `rgb(${driver.colour.join(",")})`;
     cells[1].lastChild.textContent = driver.code;
     cells[1].title = `${driver.number} · ${driver.team}`;
-    cells[2].textContent = d[field.position] === 1 ? "Leader" : `+${d[field.gap_to_leader].toFixed(1)}`;
+    const retired = d[field.status] === 2;
+    cells[2].textContent = retired ? "–" : d[field.position] === 1 ? "Leader" : `+${d[field.gap_to_leader].toFixed(1)}`;
     const [letter, colour] = TYRES[d[field.tyre]] || ["?", "#999"];
     cells[3].textContent = letter;
     cells[3].style.color = colour;
