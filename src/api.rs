@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use crate::broker::{token_hash, Broker};
 use crate::cache::RaceCache;
 use crate::error::ApiError;
 use crate::hub::{
@@ -38,6 +39,9 @@ pub struct ApiState {
     /// Read for readiness only; the hub does the caching.
     pub cache: Option<Arc<RaceCache>>,
     pub metrics: Arc<Metrics>,
+    pub broker: Option<Arc<Broker>>,
+    /// Set on shutdown: readiness turns false before viewers are closed.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -115,8 +119,9 @@ async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-/// Ready when the cache backend answers (or there is none): a hub without its cache still
-/// serves, but a load balancer should prefer one with it.
+/// Ready when the cache backend and the broker answer (or are not configured) and the hub is
+/// not shutting down: a hub without them still serves, but a load balancer should prefer one
+/// with them.
 async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let cache = state.cache.as_ref().map(|c| {
         json!({
@@ -125,8 +130,15 @@ async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
             "stats": c.stats.snapshot(),
         })
     });
-    let ready = state.cache.as_ref().is_none_or(|c| c.is_ready());
-    let body = json!({"ready": ready, "cache": cache});
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let broker = state
+        .broker
+        .as_ref()
+        .map(|b| json!({"ready": b.is_ready()}));
+    let ready = !draining
+        && state.cache.as_ref().is_none_or(|c| c.is_ready())
+        && state.broker.as_ref().is_none_or(|b| b.is_ready());
+    let body = json!({"ready": ready, "draining": draining, "cache": cache, "broker": broker});
     if ready {
         HttpResponse::Ok().json(body)
     } else {
@@ -351,7 +363,7 @@ async fn websocket(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let id = id.into_inner();
-    let (session, control_token) = state
+    let (session, token_sha256) = state
         .hub
         .send(FindSession(id.clone()))
         .await
@@ -360,7 +372,7 @@ async fn websocket(
     let can_control = query
         .token
         .as_deref()
-        .is_some_and(|t| same_secret(t, &control_token));
+        .is_some_and(|t| same_secret(&token_hash(t), &token_sha256));
     let (response, ws, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream

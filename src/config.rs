@@ -50,7 +50,7 @@ pub struct CacheArgs {
     #[arg(long, env = "REPLAY_HUB_CACHE")]
     pub cache: Option<CacheSpec>,
 
-    /// Prefix of every cache key, so several deployments can share one Redis.
+    /// Prefix of every Redis key (cache and broker), so several deployments can share one Redis.
     #[arg(long, env = "REPLAY_HUB_CACHE_PREFIX", default_value = "replay-hub")]
     pub cache_prefix: String,
 
@@ -82,6 +82,11 @@ pub struct Config {
 
     #[command(flatten)]
     pub cache: CacheArgs,
+
+    /// Redis URL through which replicas share sessions and their timelines (none: this hub's
+    /// sessions are its own).
+    #[arg(long, env = "REPLAY_HUB_BROKER")]
+    pub broker: Option<String>,
 
     /// Largest race file accepted by `PUT /api/races/{id}`, in bytes.
     #[arg(long, env = "REPLAY_HUB_MAX_UPLOAD_BYTES", default_value_t = 512 << 20)]

@@ -18,11 +18,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::broker::{token_hash, Broker, BrokerEvent, SessionRecord};
 use crate::cache::{file_content_id, CacheError, RaceCache};
 use crate::encode::EncodedRace;
 use crate::metrics::Metrics;
 use crate::race::{RaceMeta, RaceReader};
-use crate::session::{End, GetInfo, PlayedRace, Session, SessionInfo};
+use crate::session::{
+    End, GetInfo, PlayedRace, Resync, Session, SessionInfo, SessionSync, StatsSnapshot, Sync,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
@@ -199,7 +202,8 @@ fn write_back(cache: Arc<RaceCache>, race: Arc<EncodedRace>, content: String) {
 struct SessionEntry {
     addr: Addr<Session>,
     race: String,
-    control_token: String,
+    /// Only the hash is kept: sessions joined from another replica never see the token.
+    token_sha256: String,
 }
 
 type LoadResult = Result<Arc<EncodedRace>, HubError>;
@@ -214,6 +218,7 @@ pub struct Hub {
     max_sessions: usize,
     max_viewers_per_session: usize,
     metrics: Arc<Metrics>,
+    broker: Option<Arc<Broker>>,
 }
 
 impl Hub {
@@ -227,6 +232,7 @@ impl Hub {
     ) -> Self {
         Self {
             metrics,
+            broker: None,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -236,6 +242,12 @@ impl Hub {
             max_sessions,
             max_viewers_per_session,
         }
+    }
+
+    /// Shares sessions with other replicas through `broker`.
+    pub fn with_broker(mut self, broker: Option<Arc<Broker>>) -> Self {
+        self.broker = broker;
+        self
     }
 
     /// A future of the encoded race: at once when loaded, else joining (or starting) its load.
@@ -328,11 +340,14 @@ impl Hub {
         self.races.insert(id, RaceEntry::new(path, meta));
     }
 
+    /// Starts a session: a new one (its token is generated and returned), or the local copy
+    /// of one created on another replica (`joined`), which plays that replica's timeline.
     fn start_session(
         &mut self,
         id: Option<String>,
         race: Arc<EncodedRace>,
         autoplay: bool,
+        joined: Option<SessionRecord>,
     ) -> Result<Created, HubError> {
         // Checked again: another create may have taken the id or the last slot during the load.
         self.check_new_session(id.as_deref())?;
@@ -342,22 +357,37 @@ impl Hub {
                 break candidate;
             }
         });
-        let control_token = random_token(16);
-        let addr = Session::new(
+        let (control_token, token_sha256) = match &joined {
+            Some(record) => (String::new(), record.token_sha256.clone()),
+            None => {
+                let token = random_token(16);
+                let hash = token_hash(&token);
+                (token, hash)
+            }
+        };
+        let mut session = Session::new(
             &id,
             race.clone(),
             autoplay,
             self.max_viewers_per_session,
             self.metrics.clone(),
-        )
-        .start();
-        tracing::info!(session = %id, race = %race.id(), "session created");
+        );
+        if let Some(broker) = &self.broker {
+            let sync = SessionSync {
+                broker: broker.clone(),
+                race: race.id().to_owned(),
+                token_sha256: token_sha256.clone(),
+            };
+            session = session.with_sync(sync, joined.as_ref().map(|r| r.timeline));
+        }
+        let addr = session.start();
+        tracing::info!(session = %id, race = %race.id(), joined = joined.is_some(), "session started");
         self.sessions.insert(
             id.clone(),
             SessionEntry {
                 addr,
                 race: race.id().to_owned(),
-                control_token: control_token.clone(),
+                token_sha256,
             },
         );
         self.metrics.sessions.set(self.sessions.len() as i64);
@@ -366,6 +396,44 @@ impl Hub {
             race: race.id().to_owned(),
             control_token,
         })
+    }
+
+    /// The local session `id`, starting a local copy if another replica created it.
+    fn local_session(&mut self, id: &str) -> ResponseActFuture<Self, Option<Addr<Session>>> {
+        if let Some(entry) = self.sessions.get(id) {
+            return Box::pin(fut::ready(Some(entry.addr.clone())));
+        }
+        let Some(broker) = self.broker.clone().filter(|_| valid_id(id)) else {
+            return Box::pin(fut::ready(None));
+        };
+        let id = id.to_owned();
+        let lookup = {
+            let id = id.clone();
+            async move { broker.load(&id).await.ok().flatten() }
+        };
+        Box::pin(lookup.into_actor(self).then(move |record, act, _| {
+            let Some(record) = record else {
+                return Box::pin(fut::ready(None)) as ResponseActFuture<Self, _>;
+            };
+            Box::pin(act.discover(&record.race).then(move |(), act, ctx| {
+                let rx = act.load(&record.race, ctx);
+                rx.into_actor(act).map(move |loaded, act, _| {
+                    // Another request may have started the copy while the race loaded.
+                    if let Some(entry) = act.sessions.get(&id) {
+                        return Some(entry.addr.clone());
+                    }
+                    let race = loaded.ok()?.ok()?;
+                    let playing = record.timeline.playing;
+                    match act.start_session(Some(id.clone()), race, playing, Some(record)) {
+                        Ok(_) => act.sessions.get(&id).map(|e| e.addr.clone()),
+                        Err(err) => {
+                            tracing::warn!(session = %id, %err, "could not join a shared session");
+                            None
+                        }
+                    }
+                })
+            }))
+        }))
     }
 }
 
@@ -469,12 +537,33 @@ impl Handler<CreateSession> for Hub {
             return Box::pin(fut::ready(Err(err)));
         }
         let _ = ctx;
-        Box::pin(self.discover(&msg.race).then(move |(), act, ctx| {
-            let rx = act.load(&msg.race, ctx);
-            rx.into_actor(act).map(move |loaded, act, _| {
-                let race = loaded.unwrap_or_else(|_| Err(aborted(&msg.race)))?;
-                act.start_session(msg.id, race, msg.autoplay)
-            })
+        // An id taken on another replica is taken here too.
+        let remote = match (&self.broker, &msg.id) {
+            (Some(broker), Some(id)) => {
+                let (broker, id) = (broker.clone(), id.clone());
+                Some(async move { broker.load(&id).await.ok().flatten().is_some() })
+            }
+            _ => None,
+        };
+        let taken = async move {
+            match remote {
+                Some(check) => check.await,
+                None => false,
+            }
+        };
+        Box::pin(taken.into_actor(self).then(move |taken, act, _| {
+            if taken {
+                let id = msg.id.clone().unwrap_or_default();
+                return Box::pin(fut::ready(Err(HubError::SessionExists(id))))
+                    as ResponseActFuture<Self, _>;
+            }
+            Box::pin(act.discover(&msg.race).then(move |(), act, ctx| {
+                let rx = act.load(&msg.race, ctx);
+                rx.into_actor(act).map(move |loaded, act, _| {
+                    let race = loaded.unwrap_or_else(|_| Err(aborted(&msg.race)))?;
+                    act.start_session(msg.id, race, msg.autoplay, None)
+                })
+            }))
         }))
     }
 }
@@ -546,17 +635,19 @@ impl Handler<ImportRace> for Hub {
     }
 }
 
-/// A session's address and control token, for the WebSocket route.
+/// A session's address and its control token's SHA-256, for the WebSocket route; a session
+/// created on another replica is joined here.
 #[derive(Message)]
 #[rtype(result = "Option<(Addr<Session>, String)>")]
 pub struct FindSession(pub String);
 
 impl Handler<FindSession> for Hub {
-    type Result = Option<(Addr<Session>, String)>;
+    type Result = ResponseActFuture<Self, Option<(Addr<Session>, String)>>;
     fn handle(&mut self, msg: FindSession, _: &mut Context<Self>) -> Self::Result {
-        self.sessions
-            .get(&msg.0)
-            .map(|s| (s.addr.clone(), s.control_token.clone()))
+        Box::pin(self.local_session(&msg.0).map(move |addr, act, _| {
+            let token = act.sessions.get(&msg.0)?.token_sha256.clone();
+            Some((addr?, token))
+        }))
     }
 }
 
@@ -565,10 +656,12 @@ impl Handler<FindSession> for Hub {
 pub struct GetSession(pub String);
 
 impl Handler<GetSession> for Hub {
-    type Result = ResponseFuture<Option<SessionInfo>>;
+    type Result = ResponseActFuture<Self, Option<SessionInfo>>;
     fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
-        let addr = self.sessions.get(&msg.0).map(|s| s.addr.clone());
-        Box::pin(async move { addr?.send(GetInfo).await.ok() })
+        Box::pin(
+            self.local_session(&msg.0)
+                .then(|addr, act, _| async move { addr?.send(GetInfo).await.ok() }.into_actor(act)),
+        )
     }
 }
 
@@ -584,7 +677,35 @@ impl Handler<ListSessions> for Hub {
             .values()
             .map(|s| s.addr.send(GetInfo))
             .collect();
-        Box::pin(async move { join_all(asks).await.into_iter().flatten().collect() })
+        let broker = self.broker.clone().filter(|b| b.is_ready());
+        Box::pin(async move {
+            let mut sessions: Vec<SessionInfo> =
+                join_all(asks).await.into_iter().flatten().collect();
+            // Sessions other replicas created: joinable here too, with no viewers here yet.
+            let remote = match broker {
+                Some(broker) => broker.all().await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            for (id, record) in remote {
+                if sessions.iter().all(|s| s.id != id) {
+                    sessions.push(remote_info(id, &record));
+                }
+            }
+            sessions.sort_by(|a, b| a.id.cmp(&b.id));
+            sessions
+        })
+    }
+}
+
+fn remote_info(id: String, record: &SessionRecord) -> SessionInfo {
+    let mut timeline = crate::session::Timeline::new(u32::MAX, false, std::time::Instant::now());
+    timeline.adopt(&record.timeline);
+    SessionInfo {
+        id,
+        race: record.race.clone(),
+        viewers: 0,
+        state: timeline.state(std::time::Instant::now()),
+        stats: StatsSnapshot::default(),
     }
 }
 
@@ -597,19 +718,68 @@ pub struct DeleteSession {
 }
 
 impl Handler<DeleteSession> for Hub {
-    type Result = Result<(), HubError>;
+    type Result = ResponseActFuture<Self, Result<(), HubError>>;
     fn handle(&mut self, msg: DeleteSession, _: &mut Context<Self>) -> Self::Result {
-        let entry = self
-            .sessions
-            .remove(&msg.id)
-            .ok_or(HubError::SessionNotFound(msg.id.clone()))?;
-        tracing::info!(session = %msg.id, race = %entry.race, "session deleted");
+        let local = self.end_session(&msg.id, &msg.reason);
+        let broker = self.broker.clone();
+        let id = msg.id.clone();
+        // Every other replica ends its copy when the deletion is announced.
+        let remote = async move {
+            let Some(broker) = broker else {
+                return false;
+            };
+            let existed = broker.load(&id).await.ok().flatten().is_some();
+            if let Err(err) = broker.delete(&id).await {
+                tracing::warn!(session = %id, %err, "deletion not announced to other replicas");
+            }
+            existed
+        };
+        Box::pin(remote.into_actor(self).map(move |remote, _, _| {
+            if local || remote {
+                Ok(())
+            } else {
+                Err(HubError::SessionNotFound(msg.id))
+            }
+        }))
+    }
+}
+
+impl Hub {
+    /// Ends the local session `id`, if any: its viewers get 1001 and `reason`.
+    fn end_session(&mut self, id: &str, reason: &str) -> bool {
+        let Some(entry) = self.sessions.remove(id) else {
+            return false;
+        };
+        tracing::info!(session = %id, race = %entry.race, "session ended");
         self.metrics.sessions.set(self.sessions.len() as i64);
+        let _ = self.metrics.session_viewers.remove_label_values(&[id]);
         entry.addr.do_send(End {
             code: 1001,
-            reason: msg.reason,
+            reason: reason.to_owned(),
         });
-        Ok(())
+        true
+    }
+}
+
+impl Handler<BrokerEvent> for Hub {
+    type Result = ();
+    fn handle(&mut self, event: BrokerEvent, _: &mut Context<Self>) {
+        match event {
+            BrokerEvent::Connected => {
+                for entry in self.sessions.values() {
+                    entry.addr.do_send(Resync);
+                }
+            }
+            BrokerEvent::Disconnected => {}
+            BrokerEvent::Updated { id, record } => {
+                if let Some(entry) = self.sessions.get(&id) {
+                    entry.addr.do_send(Sync(record.timeline));
+                }
+            }
+            BrokerEvent::Deleted { id } => {
+                self.end_session(&id, "session deleted");
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md` traces a frame from race file to viewer socket.
 
 pub mod api;
+pub mod broker;
 pub mod cache;
 pub mod config;
 pub mod encode;
@@ -22,13 +23,16 @@ use std::future::Future;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, AsyncContext};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, HttpServer};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::broker::Broker;
 use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
@@ -51,6 +55,7 @@ pub enum StartError {
 
 /// A running hub: bound, with its races scanned and its demo session playing.
 pub struct App {
+    draining: Arc<AtomicBool>,
     server: Server,
     addr: SocketAddr,
     hub: Addr<Hub>,
@@ -79,15 +84,22 @@ impl App {
         candidates.extend(cached);
         let metrics = Metrics::new();
         metrics.sample_process(Duration::from_secs(1));
-        let hub = Hub::new(
-            races,
-            cache.clone(),
-            config.data_dir.clone(),
-            config.max_sessions,
-            config.max_viewers_per_session,
-            metrics.clone(),
-        )
-        .start();
+        let (broker_url, prefix) = (config.broker.clone(), config.cache.cache_prefix.clone());
+        let mut broker = None;
+        let hub = Hub::create(|ctx| {
+            broker = broker_url
+                .as_deref()
+                .map(|url| Broker::connect(url, &prefix, ctx.address().recipient()));
+            Hub::new(
+                races,
+                cache.clone(),
+                config.data_dir.clone(),
+                config.max_sessions,
+                config.max_viewers_per_session,
+                metrics.clone(),
+            )
+            .with_broker(broker.clone())
+        });
         let admin_token = config
             .admin_token
             .clone()
@@ -98,6 +110,7 @@ impl App {
             id => start_demo(&hub, id, candidates).await?,
         };
 
+        let draining = Arc::new(AtomicBool::new(false));
         let state = api::ApiState {
             hub: hub.clone(),
             admin_token: admin_token.clone(),
@@ -113,6 +126,8 @@ impl App {
             data_dir: config.data_dir.clone(),
             cache,
             metrics,
+            broker,
+            draining: draining.clone(),
         };
         let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
             addr: config.bind,
@@ -146,6 +161,7 @@ impl App {
             })?
             .run();
         Ok(Self {
+            draining,
             server,
             addr,
             hub,
@@ -183,10 +199,12 @@ impl App {
         let handle = self.server.handle();
         let hub = self.hub.clone();
         let timeout = self.shutdown_timeout;
+        let draining = self.draining.clone();
         // The server future itself processes stop commands, so it is awaited throughout.
         actix_web::rt::spawn(async move {
             stop.await;
-            tracing::info!("shutting down: closing viewers");
+            tracing::info!("shutting down: not ready, closing viewers");
+            draining.store(true, Ordering::Relaxed);
             graceful_stop(&hub, &handle, timeout).await;
         });
         self.server.await
@@ -221,11 +239,14 @@ async fn start_demo(
     Ok(None)
 }
 
+/// The close reason viewers get on shutdown: the session goes on elsewhere, reconnect.
+pub const SHUTDOWN_REASON: &str = "server shutting down: reconnect";
+
 async fn graceful_stop(hub: &Addr<Hub>, handle: &ServerHandle, timeout: Duration) {
     // Stop accepting first, so no viewer joins a session that is being closed.
     let stop = handle.stop(true);
     let ended = hub.send(Shutdown {
-        reason: "server shutting down".into(),
+        reason: SHUTDOWN_REASON.into(),
     });
     if tokio::time::timeout(timeout / 2, ended).await.is_err() {
         tracing::warn!("sessions did not all end in time");

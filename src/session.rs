@@ -14,6 +14,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 
+use crate::broker::{Broker, SessionRecord};
 use crate::encode::{state_message, EncodedRace, PlayState};
 use crate::metrics::Metrics;
 use crate::race::FPS;
@@ -30,9 +31,30 @@ pub struct Timeline {
     playing: bool,
     speed: f64,
     anchor_frame: u32,
+    /// The anchor on this process's monotonic clock, for computing frames.
     anchor_at: Instant,
+    /// The same anchor in wall-clock Unix milliseconds, the clock replicas share.
+    anchor_ms: i64,
     epoch: u64,
     last_frame: u32,
+}
+
+/// A timeline as replicas share it through the broker: anchored in wall-clock time, so every
+/// replica whose clock is synchronised (NTP) derives the same frame at the same moment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct SharedTimeline {
+    pub playing: bool,
+    pub speed: f64,
+    pub anchor_frame: u32,
+    pub anchor_ms: i64,
+    pub epoch: u64,
+}
+
+/// Wall-clock time in Unix milliseconds.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Timeline {
@@ -42,9 +64,38 @@ impl Timeline {
             speed: 1.0,
             anchor_frame: 0,
             anchor_at: now,
+            anchor_ms: wall_ms(),
             epoch: 1,
             last_frame: total_frames.saturating_sub(1),
         }
+    }
+
+    /// This timeline as replicas share it.
+    pub fn shared(&self) -> SharedTimeline {
+        SharedTimeline {
+            playing: self.playing,
+            speed: self.speed,
+            anchor_frame: self.anchor_frame,
+            anchor_ms: self.anchor_ms,
+            epoch: self.epoch,
+        }
+    }
+
+    /// Takes over a timeline set elsewhere, converting its wall-clock anchor to this
+    /// process's monotonic clock once.
+    pub fn adopt(&mut self, shared: &SharedTimeline) {
+        let (now, now_ms) = (Instant::now(), wall_ms());
+        let offset = Duration::from_millis(now_ms.abs_diff(shared.anchor_ms));
+        self.anchor_at = if shared.anchor_ms <= now_ms {
+            now.checked_sub(offset).unwrap_or(now)
+        } else {
+            now + offset
+        };
+        self.anchor_ms = shared.anchor_ms;
+        self.playing = shared.playing;
+        self.speed = shared.speed;
+        self.anchor_frame = shared.anchor_frame.min(self.last_frame);
+        self.epoch = shared.epoch;
     }
 
     /// The frame to show at `now`, clamped to the last frame.
@@ -94,6 +145,7 @@ impl Timeline {
                 self.anchor_frame = frame;
             }
         }
+        self.anchor_ms = wall_ms() - now.elapsed().as_millis() as i64;
         self.anchor_at = now;
         self.epoch += 1;
     }
@@ -281,7 +333,7 @@ impl DeliveryStats {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct StatsSnapshot {
     pub frames_sent: u64,
     pub frames_dropped: u64,
@@ -379,7 +431,15 @@ struct Subscriber {
     last: Option<(u64, u32)>,
 }
 
+/// How a session shares its timeline with other replicas.
+pub struct SessionSync {
+    pub broker: Arc<Broker>,
+    pub race: String,
+    pub token_sha256: String,
+}
+
 pub struct Session {
+    sync: Option<SessionSync>,
     id: Arc<str>,
     race: Arc<EncodedRace>,
     timeline: Timeline,
@@ -404,6 +464,7 @@ impl Session {
         let now = Instant::now();
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
         Self {
+            sync: None,
             id: Arc::from(id),
             state_msg: state_message(&timeline.state(now)),
             timeline,
@@ -417,11 +478,92 @@ impl Session {
         }
     }
 
+    /// Shares this session's timeline with other replicas: `joined` is the timeline it takes
+    /// over (a session created elsewhere), else its own is published as the first one.
+    pub fn with_sync(mut self, sync: SessionSync, joined: Option<SharedTimeline>) -> Self {
+        if let Some(shared) = joined {
+            self.timeline.adopt(&shared);
+            self.state_msg = state_message(&self.timeline.state(Instant::now()));
+        }
+        self.sync = Some(sync);
+        self
+    }
+
     fn metrics(&self) -> &Metrics {
         self.stats.metrics()
     }
 
-    fn tick(&mut self) {
+    fn record(&self, sync: &SessionSync) -> SessionRecord {
+        SessionRecord {
+            race: sync.race.clone(),
+            token_sha256: sync.token_sha256.clone(),
+            timeline: self.timeline.shared(),
+        }
+    }
+
+    /// Announces the local timeline; if another replica's equal or newer one is stored,
+    /// adopts that instead, so concurrent commands settle on one timeline everywhere.
+    fn publish(&self, ctx: &mut Context<Self>) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        let (broker, id, record) = (sync.broker.clone(), self.id.clone(), self.record(sync));
+        let work = async move {
+            match broker.publish(&id, &record).await {
+                Ok(true) => None,
+                Ok(false) => broker.load(&id).await.ok().flatten(),
+                Err(err) => {
+                    tracing::warn!(session = %id, %err, "timeline not shared; playing on locally");
+                    None
+                }
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|stored, act, ctx| {
+            if let Some(stored) = stored {
+                act.sync_to(&stored.timeline, ctx);
+            }
+        }));
+    }
+
+    /// Takes over another replica's timeline unless ours is newer. At an equal epoch the
+    /// stored one wins: Redis decided between two concurrent changes.
+    fn sync_to(&mut self, shared: &SharedTimeline, ctx: &mut Context<Self>) {
+        if shared.epoch < self.timeline.epoch() || *shared == self.timeline.shared() {
+            return;
+        }
+        self.timeline.adopt(shared);
+        let now = Instant::now();
+        self.state_changed(now);
+        self.fan_out(now);
+        self.rephase(ctx);
+    }
+
+    /// After the broker reconnects: adopt what Redis holds if newer, else store ours again
+    /// (a restarted Redis holds nothing).
+    fn resync(&self, ctx: &mut Context<Self>) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        let (broker, id) = (sync.broker.clone(), self.id.clone());
+        let local = self.timeline.epoch();
+        let work = async move { broker.load(&id).await.ok().flatten() };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |stored, act, ctx| match stored {
+                    Some(stored) if stored.timeline.epoch > local => {
+                        act.sync_to(&stored.timeline, ctx)
+                    }
+                    _ => act.publish(ctx),
+                }),
+        );
+    }
+
+    fn rephase(&mut self, ctx: &mut Context<Self>) {
+        let frame_period = TICK.div_f64(self.timeline.shared().speed);
+        self.start_ticking((frame_period / 2).min(TICK), ctx);
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let late = now.saturating_duration_since(self.next_tick);
         self.metrics().tick_lateness.observe(late.as_secs_f64());
@@ -429,6 +571,7 @@ impl Session {
         if self.timeline.at_end(now) {
             self.timeline.apply(&Command::Pause, now);
             self.state_changed(now);
+            self.publish(ctx);
         }
         self.fan_out(now);
         self.metrics()
@@ -522,8 +665,8 @@ impl Session {
         }
         self.next_tick = Instant::now() + first;
         self.ticker = Some(ctx.run_later(first, |act, ctx| {
-            act.tick();
-            act.ticker = Some(ctx.run_interval(TICK, |act, _| act.tick()));
+            act.tick(ctx);
+            act.ticker = Some(ctx.run_interval(TICK, |act, ctx| act.tick(ctx)));
         }));
     }
 
@@ -554,6 +697,8 @@ impl Actor for Session {
         // Joins and commands arrive with `send`, which waits for room: keep it modest.
         ctx.set_mailbox_capacity(256);
         self.start_ticking(TICK, ctx);
+        // A new session stores its timeline; one joined from elsewhere checks it is current.
+        self.resync(ctx);
     }
 }
 
@@ -577,9 +722,33 @@ impl Handler<Control> for Session {
     type Result = MessageResult<Control>;
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
         let state = self.control(msg.0);
-        let frame_period = TICK.div_f64(state.speed);
-        self.start_ticking((frame_period / 2).min(TICK), ctx);
+        self.rephase(ctx);
+        self.publish(ctx);
         MessageResult(state)
+    }
+}
+
+/// A newer timeline from another replica.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Sync(pub SharedTimeline);
+
+impl Handler<Sync> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: Sync, ctx: &mut Context<Self>) {
+        self.sync_to(&msg.0, ctx);
+    }
+}
+
+/// The broker is back: re-sync with what it holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+impl Handler<Resync> for Session {
+    type Result = ();
+    fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
+        self.resync(ctx);
     }
 }
 
@@ -640,6 +809,21 @@ mod tests {
             "clamped at the end"
         );
         assert!(tl.at_end(t0 + Duration::from_secs(80)));
+    }
+
+    #[test]
+    fn a_shared_timeline_gives_the_same_frames_elsewhere() {
+        let t0 = Instant::now();
+        let mut here = Timeline::new(100_000, true, t0);
+        here.apply(&Command::Seek(5000), t0);
+        here.apply(&Command::Speed(2.0), t0);
+        let mut there = Timeline::new(100_000, false, Instant::now());
+        there.adopt(&here.shared());
+        assert_eq!(there.shared(), here.shared());
+        let later = Instant::now() + Duration::from_secs(3);
+        let (a, b) = (here.frame_at(later), there.frame_at(later));
+        assert!(a.abs_diff(b) <= 1, "{a} vs {b}");
+        assert!(a >= 5000 + 150 - 1, "playing at 2x: {a}");
     }
 
     #[test]

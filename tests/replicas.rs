@@ -1,0 +1,247 @@
+//! Several hubs serving one session in step through Redis: the same frame at the same moment,
+//! control from any replica, a replica lost, Redis lost.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, Prefix, PrivateRedis, Received, TestHub, Viewer, REDIS_URL};
+use futures_util::StreamExt;
+use replay_hub::cache::CacheSpec;
+use replay_hub::config::Config;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+fn replica(redis: &str, prefix: &str) -> impl FnOnce(&mut Config) {
+    let (redis, prefix) = (redis.to_owned(), prefix.to_owned());
+    move |c: &mut Config| {
+        c.broker = Some(redis.clone());
+        c.cache.cache = Some(CacheSpec::Redis(redis));
+        c.cache.cache_prefix = prefix;
+        c.demo_session = String::new();
+    }
+}
+
+/// (arrival, frame index) for `span`.
+async fn timed_frames(viewer: &mut Viewer, span: Duration) -> Vec<(Instant, u32)> {
+    let end = Instant::now() + span;
+    let mut seen = Vec::new();
+    while let Ok(received) = tokio::time::timeout_at(end, viewer.next()).await {
+        if let Received::Frame(frame, _) = received {
+            seen.push((Instant::now(), frame.i));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_two_replicas_see_the_same_frame() {
+    let prefix = Prefix::new("replicas-sync");
+    let a = TestHub::start_with(replica(REDIS_URL, &prefix.0));
+    let b = TestHub::start_with(replica(REDIS_URL, &prefix.0));
+    a.create_session("shared", true).await;
+    let mut on_a = Viewer::connect(&a.ws_url("shared", None)).await;
+    let mut on_b = Viewer::connect(&b.ws_url("shared", None)).await;
+    assert_eq!(
+        on_b.hello["session"], "shared",
+        "joined on the other replica"
+    );
+    let (seen_a, seen_b) = tokio::join!(
+        timed_frames(&mut on_a, Duration::from_secs(3)),
+        timed_frames(&mut on_b, Duration::from_secs(3))
+    );
+    assert!(seen_b.len() > 40, "B plays: {} frames", seen_b.len());
+    // At every frame B showed, A showed the same frame, give or take one.
+    let mut compared = 0;
+    for &(at, index) in &seen_b {
+        if let Some(&(_, on_a)) = seen_a.iter().rev().find(|(t, _)| *t <= at) {
+            assert!(
+                index.abs_diff(on_a) <= 1,
+                "B showed {index} while A showed {on_a}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 40, "compared {compared} frames");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_on_one_replica_shows_on_the_other_within_100_ms() {
+    let prefix = Prefix::new("replicas-seek");
+    let a = TestHub::start_with(replica(REDIS_URL, &prefix.0));
+    let b = TestHub::start_with(replica(REDIS_URL, &prefix.0));
+    let created = a.create_session("seek", true).await;
+    let token = created["control_token"].as_str().unwrap();
+    let mut controller = Viewer::connect(&a.ws_url("seek", Some(token))).await;
+    // The token works on the other replica too: only its hash travels.
+    let remote_controller = Viewer::connect(&b.ws_url("seek", Some(token))).await;
+    assert_eq!(remote_controller.hello["can_control"], true);
+    let mut watcher = Viewer::connect(&b.ws_url("seek", None)).await;
+    let mut latencies = Vec::new();
+    for (n, target) in [400u32, 2000, 900, 3100, 150].into_iter().enumerate() {
+        let sent = Instant::now();
+        controller
+            .send_json(json!({"cmd": "seek", "frame": target}))
+            .await;
+        let state = watcher.next_of_type("state").await;
+        latencies.push(sent.elapsed());
+        assert_eq!(state["frame"], target, "seek {n} reached B");
+        assert!(watcher.next_frame().await.i >= target);
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    assert!(
+        median < Duration::from_millis(100),
+        "median {median:?} of {latencies:?}"
+    );
+    // A command on B reaches A the same way.
+    let mut from_b = remote_controller;
+    from_b.send_json(json!({"cmd": "pause"})).await;
+    let paused = tokio::time::timeout(common::PATIENCE, async {
+        // Skip A's own seek states still unread.
+        while controller.next_of_type("state").await["playing"] != false {}
+    })
+    .await;
+    assert!(paused.is_ok(), "the pause from B reached A");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_killed_replica_resume_on_the_other() {
+    let prefix = Prefix::new("replicas-kill");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::race_file(), dir.path().join("test-race.race")).unwrap();
+    // Replica A is a real process, so it can die the hard way.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-token",
+            "a",
+            "--demo-session",
+            "",
+        ])
+        .args([
+            "--broker",
+            REDIS_URL,
+            "--cache",
+            REDIS_URL,
+            "--cache-prefix",
+            &prefix.0,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(a) = line.strip_prefix("replay-hub listening on http://") {
+                std::thread::spawn(move || for _ in lines {});
+                break a.to_owned();
+            }
+        }
+    };
+    let mut a = KillOnDrop(child);
+    let created: Value = reqwest::Client::new()
+        .post(format!("http://{addr}/api/sessions"))
+        .bearer_auth("a")
+        .json(&json!({"race": "test-race", "id": "survivor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["id"], "survivor");
+    let b = TestHub::start_with(replica(REDIS_URL, &prefix.0));
+    let mut on_a = Viewer::connect(&format!("ws://{addr}/ws/sessions/survivor")).await;
+    let mut reference = Viewer::connect(&b.ws_url("survivor", None)).await;
+    on_a.next_frame().await;
+
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    // The viewer notices and reconnects to the surviving replica.
+    loop {
+        match tokio::time::timeout(common::PATIENCE, on_a.ws.next())
+            .await
+            .unwrap()
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    let mut resumed = Viewer::connect(&b.ws_url("survivor", None)).await;
+    let first = resumed.next_frame().await.i;
+    let now_on_b = reference.next_frame().await.i;
+    assert!(
+        first.abs_diff(now_on_b) <= 2,
+        "resumed at {first}, the session is at {now_on_b}"
+    );
+    assert!(first > 0, "resumed where the session is, not at the start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playback_survives_a_redis_restart_and_resyncs() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let local_cache = |c: &mut Config| {
+        replica(&url, "replicas")(c);
+        c.cache.cache = None;
+    };
+    let a = TestHub::start_with(local_cache);
+    let b = TestHub::start_with(local_cache);
+    let created = a.create_session("steady", true).await;
+    let token = created["control_token"].as_str().unwrap();
+    let mut controller = Viewer::connect(&a.ws_url("steady", Some(token))).await;
+    let mut watcher = Viewer::connect(&b.ws_url("steady", None)).await;
+
+    redis.kill();
+    eventually("B notices Redis is gone", || async {
+        (b.get("/readyz").await.status() == 503).then_some(())
+    })
+    .await;
+    // Both replicas play on from their local timelines.
+    let before = watcher.next_frame().await.i;
+    let seen = timed_frames(&mut watcher, Duration::from_secs(1)).await;
+    assert!(seen.last().unwrap().1 > before + 10, "B still plays");
+    controller.next_frame().await;
+
+    redis.restart();
+    for hub in [&a, &b] {
+        eventually("ready again", || async {
+            (hub.get("/readyz").await.status() == 200).then_some(())
+        })
+        .await;
+    }
+    // Re-synced: a seek on A reaches B again.
+    controller
+        .send_json(json!({"cmd": "seek", "frame": 2500}))
+        .await;
+    let state = tokio::time::timeout(common::PATIENCE, async {
+        loop {
+            let state = watcher.next_of_type("state").await;
+            if state["frame"] == 2500 {
+                return state;
+            }
+        }
+    })
+    .await
+    .expect("the seek reaches B");
+    assert_eq!(state["playing"], true);
+}
