@@ -232,6 +232,11 @@ async fn start_demo(
             Err(err @ hub::HubError::LoadFailed { .. }) => {
                 tracing::error!(%err, "demo session: trying the next race");
             }
+            // Another replica started it first: it is shared, nothing to do.
+            Err(hub::HubError::SessionExists(_)) => {
+                tracing::info!(session = id, "demo session already exists");
+                return Ok(None);
+            }
             Err(err) => return Err(StartError::DemoSession(err.to_string())),
         }
     }

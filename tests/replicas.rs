@@ -245,3 +245,68 @@ async fn playback_survives_a_redis_restart_and_resyncs() {
     .expect("the seek reaches B");
     assert_eq!(state["playing"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_viewers_with_a_reconnect_hint_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::race_file(), dir.path().join("test-race.race")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--shutdown-timeout-ms",
+            "3000",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(a) = line.strip_prefix("replay-hub listening on http://") {
+                std::thread::spawn(move || for _ in lines {});
+                break a.to_owned();
+            }
+        }
+    };
+    let mut hub = KillOnDrop(child);
+    let mut viewer = Viewer::connect(&format!("ws://{addr}/ws/sessions/demo")).await;
+    viewer.next_frame().await;
+    let pid = hub.0.id().to_string();
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let close = loop {
+        match viewer.next().await {
+            Received::Closed(frame) => break frame.expect("a close frame"),
+            _ => continue,
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    assert!(close.reason.contains("reconnect"), "{}", close.reason);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = hub.0.wait();
+        (status, hub)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    // Within the hub's own drain bound, well inside a pod's grace period.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,20 @@
+# replay-hub container image: a release build, then a minimal non-root runtime holding only
+# the binary. Build with: docker build -t replay-hub .
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY web/dist web/dist
+RUN cargo build --release --locked --bin replay-hub \
+ && strip target/release/replay-hub
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/replay-hub /usr/local/bin/replay-hub
+# 65532 is distroless' "nonroot" user. Race files and the directory cache live in /data: mount
+# a volume there (the root filesystem can stay read-only).
+USER 65532:65532
+ENV REPLAY_HUB_BIND=0.0.0.0:8080 \
+    REPLAY_HUB_DATA_DIR=/data
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/replay-hub"]
+CMD ["serve"]
