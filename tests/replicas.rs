@@ -90,6 +90,7 @@ async fn a_seek_on_one_replica_shows_on_the_other_within_100_ms() {
         assert!(watcher.next_frame().await.i >= target);
     }
     latencies.sort();
+    eprintln!("seek A -> state on B: {latencies:?}");
     let median = latencies[latencies.len() / 2];
     assert!(
         median < Duration::from_millis(100),
