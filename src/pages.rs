@@ -1,5 +1,6 @@
-//! The browser viewer's pages and scripts, embedded in the binary from `web/dist/` (built by
-//! `web/build.mjs` and committed), so running the hub needs no front-end build.
+//! The browser viewer's pages and scripts, embedded in the binary: pages and styles from
+//! `web/src/`, scripts from `web/dist/` (bundled by `web/build.mjs` and committed), so running the
+//! hub needs no front-end build.
 //! `api::configure` mounts [`configure`]: `/` lists sessions, `/sessions/{id}` watches one.
 
 use actix_web::http::header;
@@ -27,12 +28,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../web/dist/style.css"),
+        include_str!("../web/src/style.css"),
     ),
 ];
 
-const INDEX: &str = include_str!("../web/dist/index.html");
-const SESSION: &str = include_str!("../web/dist/session.html");
+const INDEX: &str = include_str!("../web/src/index.html");
+const SESSION: &str = include_str!("../web/src/session.html");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(|| page(INDEX)))

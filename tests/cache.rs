@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, race_file, redis_conn, Prefix, PrivateRedis, TestHub, Viewer, REDIS_URL};
+use common::{
+    eventually, race_file, redis_conn, HubProcess, Prefix, PrivateRedis, TestHub, Viewer, REDIS_URL,
+};
 use futures_util::StreamExt;
 use replay_hub::cache::{file_content_id, CacheSpec, Compression, RaceCache};
 use replay_hub::encode::EncodedRace;
@@ -141,36 +142,6 @@ async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
     assert_eq!(body["cache"]["stats"]["hits"], 1);
 }
 
-/// Starts the real binary as a second process; returns it and its address.
-fn spawn_hub_process(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--admin-token", "second"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the hub prints its address").unwrap();
-        if let Some(url) = line.strip_prefix("replay-hub listening on http://") {
-            break url.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hub_processes_share_one_redis() {
     let prefix = Prefix::new("two");
@@ -192,7 +163,9 @@ async fn two_hub_processes_share_one_redis() {
     assert_eq!(uploaded.status(), 200, "replaces the existing race");
     written_back(REDIS_URL, &prefix.0, "test-race").await;
 
-    let (child, addr) = spawn_hub_process(&[
+    let second = HubProcess::spawn(&[
+        "--admin-token",
+        "second",
         "--data-dir",
         empty.path().to_str().unwrap(),
         "--cache",
@@ -202,7 +175,7 @@ async fn two_hub_processes_share_one_redis() {
         "--demo-session",
         "",
     ]);
-    let _child = KillOnDrop(child);
+    let addr = second.addr.clone();
     let http = reqwest::Client::new();
     let races: Vec<RaceSummary> = http
         .get(format!("http://{addr}/api/races"))

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_port, TestHub, Viewer};
+use common::{eventually, free_port, KillOnDrop, TestHub, Viewer};
 use serde_json::{json, Value};
 
 fn require(tool: &str) {
@@ -118,15 +118,6 @@ fn substitute(expr: &str) -> String {
         .replace("$__range", "1m")
         .replace("$instance", ".*")
         .replace("$session", ".*")
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

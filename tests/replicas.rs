@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, Prefix, PrivateRedis, Received, TestHub, Viewer, REDIS_URL};
+use common::{eventually, HubProcess, Prefix, PrivateRedis, Received, TestHub, Viewer, REDIS_URL};
 use futures_util::StreamExt;
 use replay_hub::cache::CacheSpec;
 use replay_hub::config::Config;
@@ -107,58 +107,28 @@ async fn a_seek_on_one_replica_shows_on_the_other_within_100_ms() {
     assert!(paused.is_ok(), "the pause from B reached A");
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_of_a_killed_replica_resume_on_the_other() {
     let prefix = Prefix::new("replicas-kill");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(common::race_file(), dir.path().join("test-race.race")).unwrap();
     // Replica A is a real process, so it can die the hard way.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--admin-token",
-            "a",
-            "--demo-session",
-            "",
-        ])
-        .args([
-            "--broker",
-            REDIS_URL,
-            "--cache",
-            REDIS_URL,
-            "--cache-prefix",
-            &prefix.0,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().unwrap().unwrap();
-            if let Some(a) = line.strip_prefix("replay-hub listening on http://") {
-                std::thread::spawn(move || for _ in lines {});
-                break a.to_owned();
-            }
-        }
-    };
-    let mut a = KillOnDrop(child);
+    let data_dir = dir.path().to_str().unwrap();
+    let mut a = HubProcess::spawn(&[
+        "--admin-token",
+        "a",
+        "--demo-session",
+        "",
+        "--broker",
+        REDIS_URL,
+        "--cache",
+        REDIS_URL,
+        "--cache-prefix",
+        &prefix.0,
+        "--data-dir",
+        data_dir,
+    ]);
+    let addr = a.addr.clone();
     let created: Value = reqwest::Client::new()
         .post(format!("http://{addr}/api/sessions"))
         .bearer_auth("a")
@@ -175,8 +145,8 @@ async fn viewers_of_a_killed_replica_resume_on_the_other() {
     let mut reference = Viewer::connect(&b.ws_url("survivor", None)).await;
     on_a.next_frame().await;
 
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
+    a.process.0.kill().unwrap();
+    a.process.0.wait().unwrap();
     // The viewer notices and reconnects to the surviving replica.
     loop {
         match tokio::time::timeout(common::PATIENCE, on_a.ws.next())
@@ -251,36 +221,16 @@ async fn playback_survives_a_redis_restart_and_resyncs() {
 async fn sigterm_drains_viewers_with_a_reconnect_hint_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(common::race_file(), dir.path().join("test-race.race")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replay-hub"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--shutdown-timeout-ms",
-            "3000",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().unwrap().unwrap();
-            if let Some(a) = line.strip_prefix("replay-hub listening on http://") {
-                std::thread::spawn(move || for _ in lines {});
-                break a.to_owned();
-            }
-        }
-    };
-    let mut hub = KillOnDrop(child);
+    let hub = HubProcess::spawn(&[
+        "--shutdown-timeout-ms",
+        "3000",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let addr = hub.addr.clone();
     let mut viewer = Viewer::connect(&format!("ws://{addr}/ws/sessions/demo")).await;
     viewer.next_frame().await;
-    let pid = hub.0.id().to_string();
+    let pid = hub.pid().to_string();
     let started = Instant::now();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -296,7 +246,8 @@ async fn sigterm_drains_viewers_with_a_reconnect_hint_and_exits() {
     assert_eq!(u16::from(close.code), 1001);
     assert!(close.reason.contains("reconnect"), "{}", close.reason);
     let status = tokio::task::spawn_blocking(move || {
-        let status = hub.0.wait();
+        let mut hub = hub;
+        let status = hub.process.0.wait();
         (status, hub)
     })
     .await

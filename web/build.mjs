@@ -1,8 +1,8 @@
-// Builds dist/: the scripts bundled (the worker with its msgpack decoder), the pages and styles
-// copied. The hub embeds dist/ in its binary, so the output is committed; CI checks that it is
+// Builds dist/: the scripts, bundled (the worker with its msgpack decoder). The hub embeds them,
+// and the pages and styles straight from src/, so the output is committed; CI checks that it is
 // what src/ builds to.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 
 const common = { bundle: true, format: "esm", target: "es2020", minify: true, outdir: "dist", logLevel: "warning" };
 mkdirSync("dist", { recursive: true });
@@ -12,6 +12,3 @@ await build({
   entryPoints: ["src/worker.js"],
   banner: { js: "/* replay-hub viewer worker. Bundles @msgpack/msgpack (ISC license), declared in web/package.json. */" },
 });
-for (const file of ["index.html", "session.html", "style.css"]) {
-  copyFileSync(`src/${file}`, `dist/${file}`);
-}

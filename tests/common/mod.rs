@@ -413,3 +413,52 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary as a separate process (`serve` on a free port), killed when dropped.
+pub struct HubProcess {
+    pub process: KillOnDrop,
+    /// host:port it listens on.
+    pub addr: String,
+}
+
+impl HubProcess {
+    /// `args` follow `serve --bind 127.0.0.1:0`.
+    pub fn spawn(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_replay-hub"))
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("the hub prints its address").unwrap();
+            if let Some(addr) = line.strip_prefix("replay-hub listening on http://") {
+                break addr.to_owned();
+            }
+        };
+        // Keep reading so the hub never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            process: KillOnDrop(child),
+            addr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}
