@@ -178,14 +178,22 @@ impl Broker {
         Ok(pubsub.into_on_message())
     }
 
-    fn connection(&self) -> Result<redis::aio::ConnectionManager, BrokerError> {
+    /// The command connection; just after start-up, waits a moment for the first connect
+    /// rather than answering as if Redis knew nothing.
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, BrokerError> {
+        for _ in 0..20 {
+            if let Some(manager) = self.manager.get() {
+                return Ok(manager.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.manager.get().cloned().ok_or(BrokerError::NotReady)
     }
 
     /// Stores and announces a record if its epoch is newer than the stored one; false if an
     /// equal or newer timeline is already there (the caller adopts it).
     pub async fn publish(&self, id: &str, record: &SessionRecord) -> Result<bool, BrokerError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let stored = serde_json::to_string(record)?;
         let announcement = serde_json::to_string(&Announcement {
             id: id.to_owned(),
@@ -206,7 +214,7 @@ impl Broker {
     }
 
     pub async fn load(&self, id: &str) -> Result<Option<SessionRecord>, BrokerError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let stored: Option<String> = redis::cmd("GET")
             .arg(self.key(id))
             .query_async(&mut conn)
@@ -216,7 +224,7 @@ impl Broker {
 
     /// Every session any replica created, with its record.
     pub async fn all(&self) -> Result<Vec<(String, SessionRecord)>, BrokerError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.index())
             .query_async(&mut conn)
@@ -232,7 +240,7 @@ impl Broker {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), BrokerError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let announcement = serde_json::to_string(&Announcement {
             id: id.to_owned(),
             record: None,

@@ -105,6 +105,15 @@ impl App {
             .clone()
             .unwrap_or_else(|| hub::random_token(16));
 
+        if let Some(broker) = &broker {
+            // Give the broker a moment, so the first requests see sessions other replicas have.
+            for _ in 0..40 {
+                if broker.is_ready() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let demo = match config.demo_session.as_str() {
             "" => None,
             id => start_demo(&hub, id, candidates).await?,
