@@ -246,6 +246,9 @@ pub struct LoadtestArgs {
     /// Viewers that read every frame.
     #[arg(long, default_value_t = 100)]
     pub viewers: usize,
+    /// Extra viewers that connect and never read (with a tiny receive buffer).
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
     /// Seconds to measure for, after every viewer has connected.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
