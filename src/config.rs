@@ -154,13 +154,19 @@ pub struct Config {
 
     /// A connection whose peer acknowledges nothing for this long is cut by the kernel
     /// (TCP_USER_TIMEOUT, Linux), so a client that never reads cannot pin its buffers forever.
+    /// A backstop behind the stall and heartbeat timeouts, so keep it well above both.
     /// In ms; 0 leaves the OS default.
-    #[arg(long, env = "REPLAY_HUB_TCP_USER_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "REPLAY_HUB_TCP_USER_TIMEOUT_MS",
+        default_value_t = 120_000
+    )]
     pub tcp_user_timeout_ms: u64,
 
-    /// Kernel send buffer per connection in bytes (0 = the OS default). Bounds what a slow
-    /// viewer can hold in kernel memory before its frames are dropped instead.
-    #[arg(long, env = "REPLAY_HUB_SOCKET_SEND_BUFFER", default_value_t = 0)]
+    /// Kernel send buffer per connection in bytes (0 = the OS default, which autotunes up to
+    /// several MB). Bounds what a slow viewer holds in kernel memory (256 KiB is about 10 s of
+    /// frames) before its frames are dropped instead, and lets a stalled one be detected.
+    #[arg(long, env = "REPLAY_HUB_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
     pub socket_send_buffer: usize,
 
     /// Most time shutdown may take before connections are cut, in ms.

@@ -219,8 +219,15 @@ impl Viewer {
         frame: Option<(usize, Instant)>,
         ctx: &mut Context<Self>,
     ) {
-        self.sending_since = None;
+        let stalled = self
+            .sending_since
+            .take()
+            .is_some_and(|since| since.elapsed() > STALLED_AFTER);
         if !ok {
+            // A send that hung and then failed: the connection was cut under a stalled client.
+            if stalled {
+                self.gone = Disconnect::Stalled;
+            }
             ctx.stop();
             return;
         }
@@ -250,9 +257,10 @@ impl Viewer {
             self.close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout", ctx);
             return;
         }
-        // A ping behind a blocked socket proves nothing; don't pile them up.
+        // One ping waiting is enough; a busy socket still gets it (skipping pings while a send
+        // is in flight starved busy viewers of pings, and they timed out).
         let ping_waiting = self.outbox.iter().any(|m| matches!(m, Message::Ping(_)));
-        if self.sending_since.is_none() && !ping_waiting {
+        if !ping_waiting {
             self.queue(Message::Ping(Bytes::new()), ctx);
         }
     }
