@@ -342,13 +342,15 @@ impl Hub {
 
     /// Starts a session: a new one (its token is generated and returned), or the local copy
     /// of one created on another replica (`joined`), which plays that replica's timeline.
+    /// With a broker, a new session also returns the record to store before anyone is told it
+    /// exists, so every replica can find it from the moment its creation is answered.
     fn start_session(
         &mut self,
         id: Option<String>,
         race: Arc<EncodedRace>,
         autoplay: bool,
         joined: Option<SessionRecord>,
-    ) -> Result<Created, HubError> {
+    ) -> Result<(Created, Option<SessionRecord>), HubError> {
         // Checked again: another create may have taken the id or the last slot during the load.
         self.check_new_session(id.as_deref())?;
         let id = id.unwrap_or_else(|| loop {
@@ -372,6 +374,7 @@ impl Hub {
             self.max_viewers_per_session,
             self.metrics.clone(),
         );
+        let mut record = None;
         if let Some(broker) = &self.broker {
             let sync = SessionSync {
                 broker: broker.clone(),
@@ -379,6 +382,13 @@ impl Hub {
                 token_sha256: token_sha256.clone(),
             };
             session = session.with_sync(sync, joined.as_ref().map(|r| r.timeline));
+            if joined.is_none() {
+                record = Some(SessionRecord {
+                    race: race.id().to_owned(),
+                    token_sha256: token_sha256.clone(),
+                    timeline: session.shared(),
+                });
+            }
         }
         let addr = session.start();
         tracing::info!(session = %id, race = %race.id(), joined = joined.is_some(), "session started");
@@ -391,11 +401,12 @@ impl Hub {
             },
         );
         self.metrics.sessions.set(self.sessions.len() as i64);
-        Ok(Created {
+        let created = Created {
             id,
             race: race.id().to_owned(),
             control_token,
-        })
+        };
+        Ok((created, record))
     }
 
     /// The local session `id`, starting a local copy if another replica created it.
@@ -559,9 +570,22 @@ impl Handler<CreateSession> for Hub {
             }
             Box::pin(act.discover(&msg.race).then(move |(), act, ctx| {
                 let rx = act.load(&msg.race, ctx);
-                rx.into_actor(act).map(move |loaded, act, _| {
-                    let race = loaded.unwrap_or_else(|_| Err(aborted(&msg.race)))?;
-                    act.start_session(msg.id, race, msg.autoplay, None)
+                rx.into_actor(act).then(move |loaded, act, _| {
+                    let started = loaded
+                        .unwrap_or_else(|_| Err(aborted(&msg.race)))
+                        .and_then(|race| act.start_session(msg.id, race, msg.autoplay, None));
+                    let broker = act.broker.clone();
+                    async move {
+                        let (created, record) = started?;
+                        // Stored before the answer: any replica can join from now on.
+                        if let (Some(broker), Some(record)) = (broker, record) {
+                            if let Err(err) = broker.publish(&created.id, &record).await {
+                                tracing::warn!(session = %created.id, %err, "session not shared yet; it will be when the broker is back");
+                            }
+                        }
+                        Ok(created)
+                    }
+                    .into_actor(act)
                 })
             }))
         }))

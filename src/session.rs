@@ -489,6 +489,11 @@ impl Session {
         self
     }
 
+    /// The timeline as replicas share it.
+    pub fn shared(&self) -> SharedTimeline {
+        self.timeline.shared()
+    }
+
     fn metrics(&self) -> &Metrics {
         self.stats.metrics()
     }
