@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    eventually, race_file, redis_conn, HubProcess, Prefix, PrivateRedis, TestHub, Viewer, REDIS_URL,
+    eventually, race_file, redis_cache, redis_conn, HubProcess, Prefix, PrivateRedis, TestHub,
+    Viewer, REDIS_URL,
 };
 use futures_util::StreamExt;
 use replay_hub::cache::{file_content_id, CacheSpec, Compression, RaceCache};
@@ -111,11 +112,8 @@ async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
     let prefix = Prefix::new("restart");
-    let with_redis = |c: &mut replay_hub::config::Config| {
-        c.cache.cache = Some(CacheSpec::Redis(REDIS_URL.into()));
-        c.cache.cache_prefix = prefix.0.clone();
-    };
-    let first = TestHub::start_with(with_redis);
+    let with_redis = redis_cache(REDIS_URL, &prefix.0);
+    let first = TestHub::start_with(with_redis.clone());
     let original = first_frame(&first.ws_url("demo", None)).await;
     written_back(REDIS_URL, &prefix.0, "test-race").await;
     first.shutdown().unwrap();
@@ -145,10 +143,7 @@ async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hub_processes_share_one_redis() {
     let prefix = Prefix::new("two");
-    let first = TestHub::start_with(|c| {
-        c.cache.cache = Some(CacheSpec::Redis(REDIS_URL.into()));
-        c.cache.cache_prefix = prefix.0.clone();
-    });
+    let first = TestHub::start_with(redis_cache(REDIS_URL, &prefix.0));
     let empty = tempfile::tempdir().unwrap();
     // Upload a new race to the first hub: it validates, encodes and writes it to Redis.
     let race = std::fs::read(race_file()).unwrap();
@@ -189,16 +184,7 @@ async fn two_hub_processes_share_one_redis() {
         races.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["test-race"]
     );
-    let created: Value = http
-        .post(format!("http://{addr}/api/sessions"))
-        .bearer_auth("second")
-        .json(&json!({"race": "test-race", "id": "elsewhere", "autoplay": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = second.create_session("second", "elsewhere", false).await;
     assert_eq!(created["id"], "elsewhere");
     let on_second = first_frame(&format!("ws://{addr}/ws/sessions/elsewhere")).await;
     let from_first = first
@@ -323,11 +309,8 @@ async fn a_race_without_a_file_fails_clearly_when_redis_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_chunk_is_detected_reloaded_from_the_file_and_counted() {
     let prefix = Prefix::new("corrupt");
-    let with_redis = |c: &mut replay_hub::config::Config| {
-        c.cache.cache = Some(CacheSpec::Redis(REDIS_URL.into()));
-        c.cache.cache_prefix = prefix.0.clone();
-    };
-    let first = TestHub::start_with(with_redis);
+    let with_redis = redis_cache(REDIS_URL, &prefix.0);
+    let first = TestHub::start_with(with_redis.clone());
     first_frame(&first.ws_url("demo", None)).await;
     let content = file_content_id(race_file()).unwrap();
     let chunk = format!("{}:v1:race:test-race:{content}:chunk:2", prefix.0);

@@ -6,19 +6,19 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, HubProcess, Prefix, PrivateRedis, Received, TestHub, Viewer, REDIS_URL};
+use common::{
+    eventually, redis_cache, HubProcess, Prefix, PrivateRedis, Received, TestHub, Viewer, REDIS_URL,
+};
 use futures_util::StreamExt;
-use replay_hub::cache::CacheSpec;
 use replay_hub::config::Config;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 
 fn replica(redis: &str, prefix: &str) -> impl FnOnce(&mut Config) {
-    let (redis, prefix) = (redis.to_owned(), prefix.to_owned());
+    let (broker, cache) = (redis.to_owned(), redis_cache(redis, prefix));
     move |c: &mut Config| {
-        c.broker = Some(redis.clone());
-        c.cache.cache = Some(CacheSpec::Redis(redis));
-        c.cache.cache_prefix = prefix;
+        cache(c);
+        c.broker = Some(broker);
         c.demo_session = String::new();
     }
 }
@@ -129,16 +129,7 @@ async fn viewers_of_a_killed_replica_resume_on_the_other() {
         data_dir,
     ]);
     let addr = a.addr.clone();
-    let created: Value = reqwest::Client::new()
-        .post(format!("http://{addr}/api/sessions"))
-        .bearer_auth("a")
-        .json(&json!({"race": "test-race", "id": "survivor"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = a.create_session("a", "survivor", true).await;
     assert_eq!(created["id"], "survivor");
     let b = TestHub::start_with(replica(REDIS_URL, &prefix.0));
     let mut on_a = Viewer::connect(&format!("ws://{addr}/ws/sessions/survivor")).await;

@@ -329,6 +329,15 @@ impl Drop for Prefix {
     }
 }
 
+/// Config for a hub whose cache is the Redis at `url`, under key prefix `prefix`.
+pub fn redis_cache(url: &str, prefix: &str) -> impl Fn(&mut Config) + Clone {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    move |c: &mut Config| {
+        c.cache.cache = Some(replay_hub::cache::CacheSpec::Redis(url.clone()));
+        c.cache.cache_prefix = prefix.clone();
+    }
+}
+
 /// A synchronous connection to the shared Redis, to inspect or damage what the hub wrote.
 pub fn redis_conn(url: &str) -> redis::Connection {
     redis::Client::open(url)
@@ -460,5 +469,18 @@ impl HubProcess {
 
     pub fn pid(&self) -> u32 {
         self.process.0.id()
+    }
+
+    /// Creates session `id` over the test race with `admin_token`; returns the 201 body.
+    pub async fn create_session(&self, admin_token: &str, id: &str, autoplay: bool) -> Value {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/sessions", self.addr))
+            .bearer_auth(admin_token)
+            .json(&json!({"race": "test-race", "id": id, "autoplay": autoplay}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "create session {id}");
+        response.json().await.unwrap()
     }
 }
