@@ -1,17 +1,24 @@
-//! The hot paths: encoding a frame, and one session fan-out to N in-process viewers (the cost
-//! per viewer of offering a frame: a `Deliver` into each bounded mailbox). Run with
-//! `cargo bench --bench hot_paths`; figures in BENCHMARKS.md.
+//! The hot paths: encoding a frame; a session publishing a frame and every viewer's socket
+//! writer taking it (the whole per-viewer send path short of the socket write); and building a
+//! look-ahead window. Run with `cargo bench --bench hot_paths`; figures in BENCHMARKS.md.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
-use actix::prelude::*;
-use bytes::BytesMut;
+use actix_web::body::{BoxBody, MessageBody};
+use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use replay_hub::encode::{encode_frame, EncodedRace};
+use replay_hub::encode::{encode_frame, window_message, ws_binary, EncodedRace};
+use replay_hub::feed::Broadcast;
 use replay_hub::metrics::Metrics;
+use replay_hub::outlet::{Out, Outlet, Progress, Subscription};
 use replay_hub::race::{generate, Frame, GenParams};
-use replay_hub::session::{Command, Control, Deliver, Ended, Join, Session};
+use replay_hub::session::DeliveryStats;
+use tokio::sync::{mpsc, oneshot};
 
 fn race() -> (replay_hub::race::RaceMeta, Vec<Frame>) {
     let params = GenParams {
@@ -37,73 +44,88 @@ fn encoding(c: &mut Criterion) {
     });
 }
 
-/// A viewer that only takes frames off its mailbox: what the session pays for, without sockets.
-struct Sink;
-
-impl Actor for Sink {
-    type Context = Context<Self>;
+fn encoded_race() -> Arc<EncodedRace> {
+    let (meta, frames) = race();
+    Arc::new(EncodedRace::build(meta, frames.into_iter().map(Ok::<_, ()>)).expect("encodes"))
 }
 
-impl Handler<Deliver> for Sink {
-    type Result = ();
-    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        black_box(msg.bytes.len());
+/// One viewer's socket writer, subscribed to `broadcast`, with the ends its viewer would hold.
+struct Writer {
+    outlet: Pin<Box<Outlet>>,
+    _out: mpsc::Sender<Out>,
+    _closer: oneshot::Sender<Bytes>,
+}
+
+fn writer(broadcast: &Broadcast, stats: &Arc<DeliveryStats>) -> Writer {
+    let (out, replies) = mpsc::channel(64);
+    let (closer, close_rx) = oneshot::channel();
+    let outlet = Outlet::new(
+        replies,
+        close_rx,
+        Rc::new(Progress::default()),
+        BoxBody::new(()),
+    );
+    out.try_send(Out::Subscribe(Subscription {
+        feed: broadcast.subscribe(),
+        stats: stats.clone(),
+        epoch: 1,
+    }))
+    .expect("room for the subscription");
+    Writer {
+        outlet: Box::pin(outlet),
+        _out: out,
+        _closer: closer,
     }
 }
 
-impl Handler<Ended> for Sink {
-    type Result = ();
-    fn handle(&mut self, _: Ended, _: &mut Context<Self>) {}
+/// Everything a writer has to send now, as the HTTP dispatcher would take it.
+fn drain(writer: &mut Writer, cx: &mut Context<'_>) -> usize {
+    let mut bytes = 0;
+    while let Poll::Ready(Some(Ok(chunk))) = writer.outlet.as_mut().poll_next(cx) {
+        bytes += chunk.len();
+    }
+    bytes
 }
 
+/// A session tick: the frame is framed once and published, then every writer takes it.
 fn fan_out(c: &mut Criterion) {
-    let (meta, frames) = race();
-    let race = std::sync::Arc::new(
-        EncodedRace::build(meta, frames.into_iter().map(Ok::<_, ()>)).expect("encodes"),
-    );
-    let runner = actix::System::new();
-    let mut group = c.benchmark_group("session fan-out");
-    for viewers in [100usize, 1000] {
-        let session = runner.block_on(async {
-            let session =
-                Session::new("bench", race.clone(), false, 100_000, Metrics::new()).start();
-            for _ in 0..viewers {
-                let sink = Sink.start();
-                session
-                    .send(Join {
-                        frames: sink.clone().recipient(),
-                        ended: sink.recipient(),
-                    })
-                    .await
-                    .expect("session alive")
-                    .expect("room for viewers");
-            }
-            session
-        });
+    let race = encoded_race();
+    let state = Bytes::from_static(b"state");
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    let mut group = c.benchmark_group("publish a frame, every writer takes it");
+    for viewers in [1usize, 100, 1000, 5000] {
+        let stats = Arc::new(DeliveryStats::new(Metrics::new()));
+        let mut broadcast = Broadcast::new();
+        let mut writers: Vec<Writer> = (0..viewers).map(|_| writer(&broadcast, &stats)).collect();
+        for w in &mut writers {
+            drain(w, &mut cx);
+        }
+        let mut index = 0u32;
         group.throughput(Throughput::Elements(viewers as u64));
         group.bench_with_input(BenchmarkId::from_parameter(viewers), &viewers, |b, _| {
-            // Each seek makes the session offer a new frame to every viewer, as a tick does.
-            b.iter_custom(|iters| {
-                runner.block_on(async {
-                    let mut measured = Duration::ZERO;
-                    for n in 0..iters {
-                        let frame = (n % 4000) as u32;
-                        let started = Instant::now();
-                        session
-                            .send(Control(Command::Seek(frame)))
-                            .await
-                            .expect("session alive");
-                        measured += started.elapsed();
-                        // Let the viewers drain their mailboxes, outside the measured fan-out.
-                        actix::clock::sleep(Duration::from_millis(1)).await;
-                    }
-                    measured
-                })
+            b.iter(|| {
+                index = (index + 1) % race.total_frames();
+                let frame = race.frame(index).expect("index in range");
+                broadcast.publish(1, &state, ws_binary(frame), 1, None, Instant::now());
+                let mut bytes = 0;
+                for w in &mut writers {
+                    bytes += drain(w, &mut cx);
+                }
+                black_box(bytes)
             })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, encoding, fan_out);
+/// Building one look-ahead window of 25 frames (1 s at 1×), once per window per session.
+fn window(c: &mut Criterion) {
+    let race = encoded_race();
+    let indices: Vec<u32> = (1000..1025).collect();
+    c.bench_function("build a 25-frame look-ahead window", |b| {
+        b.iter(|| black_box(ws_binary(window_message(&race, 3, black_box(&indices)))).len())
+    });
+}
+
+criterion_group!(benches, encoding, fan_out, window);
 criterion_main!(benches);

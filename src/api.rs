@@ -4,6 +4,7 @@
 //! route upgrades the connection and starts a [`Viewer`] actor for it.
 
 use std::num::NonZeroU32;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::Addr;
@@ -13,17 +14,19 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{token_hash, Broker};
 use crate::cache::RaceCache;
 use crate::error::ApiError;
+use crate::feed::Mode;
 use crate::hub::{
     random_token, valid_id, CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub,
     ImportRace, ListRaces, ListSessions, LoadRace,
 };
 use crate::metrics::Metrics;
-use crate::viewer::{ClosableBody, Viewer, ViewerLimits};
+use crate::outlet::{Outlet, Progress};
+use crate::viewer::{Socket, Viewer, ViewerLimits, MAX_OUTBOX};
 
 /// What every handler shares: the hub's address and the limits from the config.
 #[derive(Clone)]
@@ -353,6 +356,8 @@ async fn delete_session(
 #[derive(Deserialize)]
 struct WsQuery {
     token: Option<String>,
+    #[serde(default)]
+    mode: Mode,
 }
 
 async fn websocket(
@@ -373,24 +378,32 @@ async fn websocket(
         .token
         .as_deref()
         .is_some_and(|t| same_secret(&token_hash(t), &token_sha256));
-    let (response, ws, stream) = actix_ws::handle(&req, body)
+    // actix-ws does the handshake and parses what the client sends; what the hub sends goes
+    // through its own writer, which writes bytes framed once per session instead of per viewer.
+    let (response, _, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
         .max_frame_size(state.max_message_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.max_message_bytes);
+    let (out, replies) = mpsc::channel(MAX_OUTBOX);
     let (closer, close_rx) = oneshot::channel();
+    let progress = Rc::new(Progress::default());
+    let socket = Socket {
+        out,
+        closer,
+        progress: progress.clone(),
+    };
     Viewer::start(
         session,
         state.metrics.clone(),
-        can_control,
+        (can_control, query.mode),
         state.viewer_limits.clone(),
-        ws,
         stream,
-        closer,
+        socket,
     );
     Ok(response
-        .map_body(|_, body| ClosableBody::new(body, close_rx))
+        .map_body(|_, body| Outlet::new(replies, close_rx, progress, body))
         .map_into_boxed_body())
 }
 

@@ -120,6 +120,11 @@ pub struct Config {
     )]
     pub max_viewers_per_session: usize,
 
+    /// Length of one look-ahead window in ms: how much upcoming playback a look-ahead viewer
+    /// gets per message (and, at least, holds ahead of the present).
+    #[arg(long, env = "REPLAY_HUB_LOOKAHEAD_WINDOW_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(200..=5_000))]
+    pub lookahead_window_ms: u64,
+
     /// Largest WebSocket message a client may send, in bytes; larger closes with 1009.
     #[arg(long, env = "REPLAY_HUB_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,
@@ -184,6 +189,10 @@ impl Config {
         config.demo_laps = 2;
         config.workers = 2;
         config
+    }
+
+    pub fn lookahead_window(&self) -> Duration {
+        Duration::from_millis(self.lookahead_window_ms)
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use actix_codec::Encoder;
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use serde::ser::SerializeMap;
@@ -149,6 +150,11 @@ pub struct PlayState {
     pub speed: f64,
     pub frame: u32,
     pub epoch: u64,
+    /// The timeline's anchor: frame `anchor_frame` is current at server wall-clock time
+    /// `anchor_ms` (Unix ms), and playback advances `speed × 25` frames per second from there.
+    /// A client that knows its offset to the server clock derives the frame to show from these.
+    pub anchor_frame: u32,
+    pub anchor_ms: i64,
 }
 
 /// `{"type":"state",...}`, sent to every viewer on each control change.
@@ -174,6 +180,11 @@ pub struct Hello<'a> {
     pub total_frames: u32,
     pub fields: &'a [String],
     pub can_control: bool,
+    /// The delivery mode the viewer asked for: "push" or "lookahead".
+    pub mode: &'a str,
+    /// Look-ahead only: how much playback one window covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
     pub state: PlayState,
 }
 
@@ -210,6 +221,109 @@ pub fn error_message(code: &str, message: &str) -> ByteString {
         code,
         message,
     })
+}
+
+/// `{"type":"time","t0":..,"server_ms":..}`: the answer to a client's time request, echoing its
+/// `t0` so it can pair request and answer and estimate its offset to the server clock.
+pub fn time_message(t0: f64, server_ms: f64) -> ByteString {
+    #[derive(Serialize)]
+    struct Msg {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        t0: f64,
+        server_ms: f64,
+    }
+    json(&Msg {
+        kind: "time",
+        t0,
+        server_ms,
+    })
+}
+
+/// A look-ahead window: `{"type":"window","epoch":e,"indices":[..],"frames":[..]}` in msgpack,
+/// the frames being the race's already-encoded bytes (each carries its own `i`). `indices`
+/// repeats them so a client can drop stale frames without decoding any.
+pub fn window_message(race: &EncodedRace, epoch: u64, indices: &[u32]) -> Bytes {
+    let frames: usize = indices
+        .iter()
+        .filter_map(|&i| race.frame(i).map(|f| f.len()))
+        .sum();
+    let mut out = BytesMut::with_capacity(frames + indices.len() * 5 + 48);
+    let mut w = (&mut out).writer();
+    // unwrap: writing msgpack into a growable buffer cannot fail.
+    (|| -> Result<(), rmp::encode::ValueWriteError> {
+        rmp::encode::write_map_len(&mut w, 4)?;
+        rmp::encode::write_str(&mut w, "type")?;
+        rmp::encode::write_str(&mut w, "window")?;
+        rmp::encode::write_str(&mut w, "epoch")?;
+        rmp::encode::write_uint(&mut w, epoch)?;
+        rmp::encode::write_str(&mut w, "indices")?;
+        rmp::encode::write_array_len(&mut w, indices.len() as u32)?;
+        for &i in indices {
+            rmp::encode::write_uint(&mut w, u64::from(i))?;
+        }
+        rmp::encode::write_str(&mut w, "frames")?;
+        rmp::encode::write_array_len(&mut w, indices.len() as u32)?;
+        Ok(())
+    })()
+    .unwrap();
+    for &i in indices {
+        if let Some(frame) = race.frame(i) {
+            out.extend_from_slice(&frame);
+        }
+    }
+    out.freeze()
+}
+
+/// Reads a window's epoch and frame indices without touching its frames: the load tool's view.
+pub fn window_indices(bytes: &[u8]) -> Option<(u64, Vec<u32>)> {
+    let mut rd = bytes;
+    let entries = rmp::decode::read_map_len(&mut rd).ok()?;
+    let mut key = [0u8; 8];
+    let mut epoch = None;
+    for _ in 0..entries {
+        match rmp::decode::read_str(&mut rd, &mut key).ok()? {
+            "type" => {
+                let mut value = [0u8; 8];
+                if rmp::decode::read_str(&mut rd, &mut value).ok()? != "window" {
+                    return None;
+                }
+            }
+            "epoch" => epoch = Some(rmp::decode::read_int(&mut rd).ok()?),
+            "indices" => {
+                let n = rmp::decode::read_array_len(&mut rd).ok()?;
+                let indices = (0..n)
+                    .map(|_| rmp::decode::read_int(&mut rd).ok())
+                    .collect::<Option<Vec<u32>>>()?;
+                return Some((epoch?, indices));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A server WebSocket message framed for the wire. Server frames are unmasked, so the framed
+/// bytes are the same for every viewer: a session frames each message once and every socket
+/// writes the same shared bytes.
+pub fn ws_message(message: actix_http::ws::Message) -> Bytes {
+    let mut out = BytesMut::new();
+    // unwrap: encoding a server message into memory cannot fail; the codec's size limit only
+    // applies to decoding.
+    actix_http::ws::Codec::new()
+        .encode(message, &mut out)
+        .unwrap();
+    out.freeze()
+}
+
+/// A binary message framed for the wire (see [`ws_message`]).
+pub fn ws_binary(payload: Bytes) -> Bytes {
+    ws_message(actix_http::ws::Message::Binary(payload))
+}
+
+/// A text message framed for the wire (see [`ws_message`]).
+pub fn ws_text(text: ByteString) -> Bytes {
+    ws_message(actix_http::ws::Message::Text(text))
 }
 
 /// Msgpack with structs as arrays, the compact form the race file and the cache use.
@@ -306,11 +420,14 @@ mod tests {
             speed: 2.0,
             frame: 7,
             epoch: 3,
+            anchor_frame: 5,
+            anchor_ms: 1_700_000_000_000,
         };
         let v: serde_json::Value = serde_json::from_str(&state_message(&state)).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"type":"state","playing":true,"speed":2.0,"frame":7,"epoch":3})
+            serde_json::json!({"type":"state","playing":true,"speed":2.0,"frame":7,"epoch":3,
+                "anchor_frame":5,"anchor_ms":1_700_000_000_000_i64})
         );
         let e: serde_json::Value =
             serde_json::from_str(&error_message("forbidden", "no token")).unwrap();

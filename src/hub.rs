@@ -10,6 +10,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -217,6 +218,8 @@ pub struct Hub {
     data_dir: PathBuf,
     max_sessions: usize,
     max_viewers_per_session: usize,
+    /// Length of a look-ahead window, for every session.
+    lookahead_window: Duration,
     metrics: Arc<Metrics>,
     broker: Option<Arc<Broker>>,
 }
@@ -228,9 +231,11 @@ impl Hub {
         data_dir: PathBuf,
         max_sessions: usize,
         max_viewers_per_session: usize,
+        lookahead_window: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            lookahead_window,
             metrics,
             broker: None,
             cache,
@@ -372,6 +377,7 @@ impl Hub {
             race.clone(),
             autoplay,
             self.max_viewers_per_session,
+            self.lookahead_window,
             self.metrics.clone(),
         );
         let mut record = None;

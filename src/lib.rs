@@ -10,9 +10,11 @@ pub mod cache;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod feed;
 pub mod hub;
 pub mod loadtest;
 pub mod metrics;
+pub mod outlet;
 pub mod pages;
 pub mod race;
 pub mod session;
@@ -96,6 +98,7 @@ impl App {
                 config.data_dir.clone(),
                 config.max_sessions,
                 config.max_viewers_per_session,
+                config.lookahead_window(),
                 metrics.clone(),
             )
             .with_broker(broker.clone())

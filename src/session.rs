@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use bytestring::ByteString;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::broker::{Broker, SessionRecord};
-use crate::encode::{state_message, EncodedRace, PlayState};
+use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState};
+use crate::feed::{Broadcast, Feed, Mode};
 use crate::metrics::Metrics;
 use crate::race::FPS;
 
@@ -48,6 +49,13 @@ pub struct SharedTimeline {
     pub anchor_frame: u32,
     pub anchor_ms: i64,
     pub epoch: u64,
+}
+
+/// Wall-clock time in Unix microseconds: the server clock clients synchronise to.
+pub fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Wall-clock time in Unix milliseconds.
@@ -114,7 +122,37 @@ impl Timeline {
             speed: self.speed,
             frame: self.frame_at(now),
             epoch: self.epoch,
+            anchor_frame: self.anchor_frame,
+            anchor_ms: self.anchor_ms,
         }
+    }
+
+    pub fn playing(&self) -> bool {
+        self.playing
+    }
+
+    /// The 40 ms display slot (counted from the anchor) that `now` falls in.
+    pub fn slot_at(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.anchor_at).as_micros() / TICK.as_micros()) as u64
+    }
+
+    /// When display slot `slot` begins.
+    pub fn slot_start(&self, slot: u64) -> Instant {
+        self.anchor_at + TICK * slot as u32
+    }
+
+    /// The frame shown during display slot `slot`: at speed s each slot advances s frames.
+    /// Whole-number arithmetic on the slot keeps 1× exact (no float drift onto a neighbour).
+    pub fn slot_frame(&self, slot: u64) -> u32 {
+        if !self.playing {
+            return self.anchor_frame;
+        }
+        let advanced = (slot as f64 * self.speed + 1e-9).floor();
+        (f64::from(self.anchor_frame) + advanced).min(f64::from(self.last_frame)) as u32
+    }
+
+    pub fn last_frame(&self) -> u32 {
+        self.last_frame
     }
 
     pub fn epoch(&self) -> u64 {
@@ -160,8 +198,18 @@ pub enum Command {
     Speed(f64),
 }
 
-impl Command {
-    /// Parses a client's JSON text command; `total_frames` bounds seeks.
+/// A client's text message: a control command, or a time request any viewer may send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Request {
+    Control(Command),
+    /// Asks for the server clock; `t0` is the client's own clock, echoed back.
+    Time {
+        t0: f64,
+    },
+}
+
+impl Request {
+    /// Parses a client's JSON text message; `total_frames` bounds seeks.
     pub fn parse(text: &str, total_frames: u32) -> Result<Self, CommandError> {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| CommandError::new("bad_json", format!("not valid JSON: {e}")))?;
@@ -175,6 +223,30 @@ impl Command {
             .get("cmd")
             .and_then(|c| c.as_str())
             .ok_or_else(|| CommandError::new("bad_command", "missing string field \"cmd\""))?;
+        if name == "time" {
+            let t0 = number(object, "t0")?
+                .filter(|t| t.is_finite())
+                .ok_or_else(|| CommandError::new("bad_argument", "time needs a number \"t0\""))?;
+            return Ok(Self::Time { t0 });
+        }
+        Command::parse(name, object, total_frames).map(Self::Control)
+    }
+
+    /// Short name used in logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Control(command) => command.kind(),
+            Self::Time { .. } => "time",
+        }
+    }
+}
+
+impl Command {
+    fn parse(
+        name: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+        total_frames: u32,
+    ) -> Result<Self, CommandError> {
         match name {
             "play" => Ok(Self::Play),
             "pause" => Ok(Self::Pause),
@@ -194,7 +266,7 @@ impl Command {
             }
             other => Err(CommandError::new(
                 "unknown_command",
-                format!("unknown command {other:?}; expected play, pause, seek or speed"),
+                format!("unknown command {other:?}; expected play, pause, seek, speed or time"),
             )),
         }
     }
@@ -299,24 +371,29 @@ impl DeliveryStats {
         &self.metrics
     }
 
-    /// A frame handed to a socket, `latency` after the tick that offered it.
-    pub fn count_sent(&self, bytes: usize, latency: Duration) {
-        self.frames_sent.fetch_add(1, Ordering::Relaxed);
-        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.metrics.frames_sent.inc();
-        self.metrics.bytes_sent.inc_by(bytes as u64);
-        self.metrics.send_latency.observe(latency.as_secs_f64());
+    /// Frames (and their bytes) handed to sockets; writers add theirs in batches.
+    pub fn count_sent(&self, frames: u64, bytes: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.frames_sent.fetch_add(frames, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.frames_sent.inc_by(frames);
+        self.metrics.bytes_sent.inc_by(bytes);
     }
 
-    /// A frame a viewer will not get: replaced by a newer one, or offered to a full mailbox.
-    /// `stalled` when the viewer's socket has accepted nothing for a while.
-    pub fn count_drop_as(&self, stalled: bool) {
-        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    /// Frames a viewer will not get because a newer one replaced them before its socket had
+    /// room; `stalled` when the socket has accepted nothing for a while.
+    pub fn count_dropped(&self, frames: u64, stalled: bool) {
+        if frames == 0 {
+            return;
+        }
+        self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
         let reason = if stalled { "stalled" } else { "slow" };
         self.metrics
             .frames_dropped
             .with_label_values(&[reason])
-            .inc();
+            .inc_by(frames);
     }
 
     pub fn count_stalled_close(&self) {
@@ -341,19 +418,6 @@ pub struct StatsSnapshot {
     pub stalled_closed: u64,
 }
 
-/// A frame offered to a viewer, with the state of the epoch it belongs to so a viewer that
-/// missed the state message still learns of it before any frame of the new epoch.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub epoch: u64,
-    pub state: ByteString,
-    pub index: u32,
-    pub bytes: Bytes,
-    /// When the session offered it: the start of the send latency.
-    pub offered_at: Instant,
-}
-
 /// The session is gone; the viewer closes its socket with this code and reason.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -362,21 +426,24 @@ pub struct Ended {
     pub reason: String,
 }
 
-/// A viewer joins: it will be offered every frame from now on.
+/// A viewer joins: it reads the broadcast of its delivery mode from now on.
 #[derive(Message)]
 #[rtype(result = "Result<Joined, CommandError>")]
 pub struct Join {
-    pub frames: Recipient<Deliver>,
     pub ended: Recipient<Ended>,
+    pub mode: Mode,
 }
 
-/// What a viewer needs to greet its client and report its deliveries.
+/// What a viewer needs to greet its client, follow the broadcast and report its deliveries.
 pub struct Joined {
     pub viewer: u64,
     pub session: Arc<str>,
     pub race: Arc<EncodedRace>,
     pub state: PlayState,
     pub stats: Arc<DeliveryStats>,
+    pub feed: watch::Receiver<Arc<Feed>>,
+    /// The look-ahead window length, for look-ahead viewers.
+    pub window: Option<Duration>,
 }
 
 #[derive(Message)]
@@ -424,11 +491,25 @@ pub struct End {
     pub reason: String,
 }
 
+/// Frames no longer go through viewer mailboxes (see [`crate::feed`]): a viewer is kept only to
+/// be told when the session ends.
 struct Subscriber {
-    frames: Recipient<Deliver>,
     ended: Recipient<Ended>,
-    /// The (epoch, frame) last accepted by this viewer's mailbox; offering stops once it matches.
-    last: Option<(u64, u32)>,
+}
+
+/// The look-ahead schedule of the current epoch. Windows are cut on the grid of 40 ms display
+/// slots counted from the timeline's anchor; each goes out one window length before its first
+/// slot, and the first of an epoch covers two lengths, so clients always hold what comes next.
+#[derive(Default)]
+struct Windows {
+    /// The epoch this schedule belongs to; another epoch means it must restart.
+    epoch: u64,
+    /// The first slot not yet sent.
+    next_slot: u64,
+    /// The window sent last: it covers the present once the next one is out.
+    last: Option<Bytes>,
+    /// The race's last frame has been sent.
+    done: bool,
 }
 
 /// How a session shares its timeline with other replicas.
@@ -443,7 +524,14 @@ pub struct Session {
     id: Arc<str>,
     race: Arc<EncodedRace>,
     timeline: Timeline,
-    state_msg: ByteString,
+    /// The current epoch's state message, framed for the wire.
+    state_frame: Bytes,
+    push: Broadcast,
+    /// The (epoch, frame) last pushed.
+    pushed: Option<(u64, u32)>,
+    lookahead: Broadcast,
+    window: Duration,
+    windows: Windows,
     viewers: HashMap<u64, Subscriber>,
     next_viewer: u64,
     max_viewers: usize,
@@ -459,6 +547,7 @@ impl Session {
         race: Arc<EncodedRace>,
         autoplay: bool,
         max_viewers: usize,
+        window: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();
@@ -466,7 +555,12 @@ impl Session {
         Self {
             sync: None,
             id: Arc::from(id),
-            state_msg: state_message(&timeline.state(now)),
+            state_frame: ws_text(state_message(&timeline.state(now))),
+            push: Broadcast::new(),
+            pushed: None,
+            lookahead: Broadcast::new(),
+            window: window.max(TICK),
+            windows: Windows::default(),
             timeline,
             race,
             viewers: HashMap::new(),
@@ -483,7 +577,7 @@ impl Session {
     pub fn with_sync(mut self, sync: SessionSync, joined: Option<SharedTimeline>) -> Self {
         if let Some(shared) = joined {
             self.timeline.adopt(&shared);
-            self.state_msg = state_message(&self.timeline.state(Instant::now()));
+            self.state_changed(Instant::now());
         }
         self.sync = Some(sync);
         self
@@ -539,7 +633,7 @@ impl Session {
         self.timeline.adopt(shared);
         let now = Instant::now();
         self.state_changed(now);
-        self.fan_out(now);
+        self.publish_frames(now);
         self.rephase(ctx);
     }
 
@@ -578,48 +672,108 @@ impl Session {
             self.state_changed(now);
             self.publish(ctx);
         }
-        self.fan_out(now);
+        self.publish_frames(now);
         self.metrics()
             .tick_duration
             .observe(now.elapsed().as_secs_f64());
     }
 
+    /// A new epoch: a new state message, and look-ahead windows restart from the present.
     fn state_changed(&mut self, now: Instant) {
-        self.state_msg = state_message(&self.timeline.state(now));
+        self.state_frame = ws_text(state_message(&self.timeline.state(now)));
+        self.windows = Windows::default();
     }
 
-    /// Offers the current frame to every viewer that has not accepted it yet. Level-triggered:
-    /// a viewer whose mailbox was full is offered the then-current frame on the next tick.
-    fn fan_out(&mut self, now: Instant) {
+    /// Publishes whatever is new for each delivery mode somebody uses: the current frame for
+    /// push viewers, the next window when one is due for look-ahead viewers.
+    fn publish_frames(&mut self, now: Instant) {
+        if self.push.has_viewers() {
+            self.push_frame(now);
+        }
+        if self.lookahead.has_viewers() {
+            self.send_windows(now);
+        }
+    }
+
+    /// Publishes the current frame unless it already was. Level-triggered: a viewer that missed
+    /// frames gets the then-current one when its socket has room.
+    fn push_frame(&mut self, now: Instant) {
         let epoch = self.timeline.epoch();
         let index = self.timeline.frame_at(now);
+        if self.pushed == Some((epoch, index)) {
+            return;
+        }
         let Some(bytes) = self.race.frame(index) else {
             return;
         };
-        let mut gone = Vec::new();
-        for (id, viewer) in &mut self.viewers {
-            if viewer.last == Some((epoch, index)) {
-                continue;
-            }
-            let offer = Deliver {
+        self.pushed = Some((epoch, index));
+        self.push
+            .publish(epoch, &self.state_frame, ws_binary(bytes), 1, None, now);
+    }
+
+    /// Sends the windows due by `now`: in a new epoch, the present and the next window length
+    /// at once (paused: the one frame shown); then one window length each time the display
+    /// reaches the start of the last window sent.
+    fn send_windows(&mut self, now: Instant) {
+        let epoch = self.timeline.epoch();
+        let slots = (self.window.as_micros() / TICK.as_micros()).max(1) as u64;
+        let present = self.timeline.slot_at(now);
+        // Restart in a new epoch, or when nobody listened for a while and the schedule fell behind.
+        let behind = self.timeline.playing() && self.windows.next_slot < present;
+        if self.windows.epoch != epoch || behind {
+            self.windows = Windows {
                 epoch,
-                state: self.state_msg.clone(),
-                index,
-                bytes: bytes.clone(),
-                offered_at: now,
+                next_slot: present,
+                ..Windows::default()
             };
-            match viewer.frames.try_send(offer) {
-                Ok(()) => viewer.last = Some((epoch, index)),
-                Err(SendError::Full(_)) => self.stats.count_drop_as(false),
-                Err(SendError::Closed(_)) => gone.push(*id),
+            if !self.timeline.playing() {
+                self.windows.done = true;
+                let frame = self.timeline.frame_at(now);
+                self.send_window(&[frame], now);
+                return;
+            }
+            self.send_slots(present, present + 2 * slots, now);
+        }
+        while !self.windows.done
+            && self.timeline.playing()
+            && self.windows.next_slot >= slots
+            && now >= self.timeline.slot_start(self.windows.next_slot - slots)
+        {
+            let from = self.windows.next_slot;
+            self.send_slots(from, from + slots, now);
+        }
+    }
+
+    /// Sends the frames shown in display slots `from..to`, once each.
+    fn send_slots(&mut self, from: u64, to: u64, now: Instant) {
+        let last = self.timeline.last_frame();
+        let mut indices: Vec<u32> = Vec::with_capacity((to - from) as usize);
+        for slot in from..to {
+            let frame = self.timeline.slot_frame(slot);
+            if indices.last() != Some(&frame) {
+                indices.push(frame);
+            }
+            if frame >= last {
+                self.windows.done = true;
+                break;
             }
         }
-        if !gone.is_empty() {
-            for id in gone {
-                self.viewers.remove(&id);
-            }
-            self.viewers_changed();
-        }
+        self.windows.next_slot = to;
+        self.send_window(&indices, now);
+    }
+
+    fn send_window(&mut self, indices: &[u32], now: Instant) {
+        let epoch = self.timeline.epoch();
+        let message = ws_binary(window_message(&self.race, epoch, indices));
+        let catch_up = self.windows.last.replace(message.clone());
+        self.lookahead.publish(
+            epoch,
+            &self.state_frame,
+            message,
+            indices.len() as u32,
+            catch_up,
+            now,
+        );
     }
 
     fn viewers_changed(&self) {
@@ -640,25 +794,24 @@ impl Session {
         }
         let viewer = self.next_viewer;
         self.next_viewer += 1;
-        self.viewers.insert(
-            viewer,
-            Subscriber {
-                frames: msg.frames,
-                ended: msg.ended,
-                last: None,
-            },
-        );
+        self.viewers.insert(viewer, Subscriber { ended: msg.ended });
         self.viewers_changed();
         let now = Instant::now();
-        let joined = Joined {
+        let (feed, window) = match msg.mode {
+            Mode::Push => (self.push.subscribe(), None),
+            Mode::Lookahead => (self.lookahead.subscribe(), Some(self.window)),
+        };
+        // The new viewer starts from the current value: publish it if nobody was listening.
+        self.publish_frames(now);
+        Ok(Joined {
             viewer,
             session: self.id.clone(),
             race: self.race.clone(),
             state: self.timeline.state(now),
             stats: self.stats.clone(),
-        };
-        self.fan_out(now);
-        Ok(joined)
+            feed,
+            window,
+        })
     }
 
     /// (Re)starts the 25 FPS timer `first` from now. After a command the timeline is anchored
@@ -680,7 +833,7 @@ impl Session {
         self.timeline.apply(&command, now);
         self.state_changed(now);
         tracing::debug!(session = %self.id, command = command.kind(), "control");
-        self.fan_out(now);
+        self.publish_frames(now);
         self.timeline.state(now)
     }
 
@@ -842,18 +995,26 @@ mod tests {
 
     #[test]
     fn commands_parse_and_bad_ones_name_the_problem() {
-        assert_eq!(Command::parse(r#"{"cmd":"play"}"#, 100), Ok(Command::Play));
+        let control = |c| Ok(Request::Control(c));
         assert_eq!(
-            Command::parse(r#"{"cmd":"seek","frame":42}"#, 100),
-            Ok(Command::Seek(42))
+            Request::parse(r#"{"cmd":"play"}"#, 100),
+            control(Command::Play)
         );
         assert_eq!(
-            Command::parse(r#"{"cmd":"seek","t":2.0}"#, 100),
-            Ok(Command::Seek(50))
+            Request::parse(r#"{"cmd":"seek","frame":42}"#, 100),
+            control(Command::Seek(42))
         );
         assert_eq!(
-            Command::parse(r#"{"cmd":"speed","value":4}"#, 100),
-            Ok(Command::Speed(4.0))
+            Request::parse(r#"{"cmd":"seek","t":2.0}"#, 100),
+            control(Command::Seek(50))
+        );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"speed","value":4}"#, 100),
+            control(Command::Speed(4.0))
+        );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"time","t0":12.5}"#, 100),
+            Ok(Request::Time { t0: 12.5 })
         );
         let cases = [
             ("{", "bad_json"),
@@ -866,9 +1027,11 @@ mod tests {
             (r#"{"cmd":"seek","frame":"x"}"#, "bad_argument"),
             (r#"{"cmd":"speed","value":32}"#, "out_of_range"),
             (r#"{"cmd":"speed"}"#, "bad_argument"),
+            (r#"{"cmd":"time"}"#, "bad_argument"),
+            (r#"{"cmd":"time","t0":"now"}"#, "bad_argument"),
         ];
         for (text, code) in cases {
-            let err = Command::parse(text, 100).unwrap_err();
+            let err = Request::parse(text, 100).unwrap_err();
             assert_eq!(err.code, code, "{text}: {err}");
             assert!(!err.message.is_empty());
         }

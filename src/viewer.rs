@@ -1,33 +1,29 @@
-//! The viewer actor: one per WebSocket connection, between a session actor and an actix-ws socket.
+//! The viewer actor: one per WebSocket connection, between a session actor and the socket.
 //!
-//! The session offers it frames; it keeps at most one pending frame (latest wins) and one send in
-//! flight, so a slow client costs dropped frames, never queued memory. It parses the client's
-//! commands, answers pings, and closes the socket with a documented code when something is wrong.
+//! It joins the session, hands its socket writer ([`Outlet`]) the session's broadcast to follow,
+//! parses the client's commands, answers pings and time requests, and closes the socket with a
+//! documented code when something is wrong. Frames never pass through it: see [`crate::feed`].
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_codec::Encoder;
 use actix_http::ws::Codec;
-use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message};
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
-use futures_util::SinkExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::encode::{error_message, hello_message, EncodedRace, Hello};
-use crate::metrics::{Disconnect, Metrics};
-use crate::session::{
-    Command, Control, Deliver, DeliveryStats, Ended, Join, Joined, Leave, Session,
+use crate::encode::{
+    error_message, hello_message, time_message, ws_message, ws_text, EncodedRace, Hello,
 };
+use crate::feed::{Feed, Mode};
+use crate::metrics::{Disconnect, Metrics};
+use crate::outlet::{Out, Progress, Subscription};
+use crate::session::{Control, DeliveryStats, Ended, Join, Joined, Leave, Request, Session};
 
 /// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
 pub mod close_code {
@@ -37,13 +33,9 @@ pub mod close_code {
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
 }
 
-/// Mailbox of a viewer: a few frame offers at most; the session retries on the next tick.
-const MAILBOX: usize = 8;
-/// Text messages (hello, state, errors, pongs) waiting for the socket before the client is
-/// considered abusive: it sends but does not read.
-const MAX_OUTBOX: usize = 64;
-/// A socket that accepted nothing for this long counts its drops as "stalled", not "slow".
-const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// Messages a viewer's socket writer may hold (hello, state, replies, pings) before the client
+/// is considered abusive: it sends but does not read.
+pub const MAX_OUTBOX: usize = 64;
 
 /// Limits a viewer enforces, taken from the config.
 #[derive(Debug, Clone)]
@@ -54,26 +46,36 @@ pub struct ViewerLimits {
     pub commands_per_second: NonZeroU32,
 }
 
+/// The writing side of a viewer's socket, as the viewer actor sees it.
+pub struct Socket {
+    /// Messages for the writer, bounded by [`MAX_OUTBOX`].
+    pub out: mpsc::Sender<Out>,
+    /// A close frame for the writer: it overtakes everything queued.
+    pub closer: oneshot::Sender<Bytes>,
+    pub progress: Rc<Progress>,
+}
+
 pub struct Viewer {
     session: Addr<Session>,
     metrics: Arc<Metrics>,
     /// Why this viewer ends, for the disconnect metric; a client that just goes is the default.
     gone: Disconnect,
     can_control: bool,
+    mode: Mode,
     limits: ViewerLimits,
-    /// `None` while a send holds it.
-    ws: Option<actix_ws::Session>,
     stream: Option<AggregatedMessageStream>,
+    out: mpsc::Sender<Out>,
     closer: Option<oneshot::Sender<Bytes>>,
+    progress: Rc<Progress>,
     joined: Option<JoinedState>,
-    epoch: u64,
-    /// Replies, hello and pings, in order; bounded by [`MAX_OUTBOX`].
-    outbox: VecDeque<Message>,
-    /// The latest epoch's state message, sent before any frame of that epoch (latest wins).
-    pending_state: Option<ByteString>,
-    /// The newest unsent frame and when its session offered it.
-    pending: Option<(Bytes, Instant)>,
-    sending_since: Option<Instant>,
+    /// Messages queued for the writer so far; it counts those it wrote.
+    queued: u64,
+    /// `queued` just after the last ping: once the writer's count reaches it, the ping is out.
+    ping_at: u64,
+    /// The writer's count of written chunks at the last heartbeat…
+    seen_written: u64,
+    /// …and since when it has not moved although something waits to be written.
+    stuck_since: Option<Instant>,
     last_heard: Instant,
     limiter: DefaultDirectRateLimiter,
 }
@@ -82,20 +84,19 @@ struct JoinedState {
     viewer: u64,
     race: Arc<EncodedRace>,
     stats: Arc<DeliveryStats>,
+    /// The session's broadcast, to see what the writer has not taken yet.
+    feed: watch::Receiver<Arc<Feed>>,
 }
 
 impl Viewer {
-    /// Starts a viewer for an upgraded connection. `closer` reaches the response body wrapped in
-    /// [`ClosableBody`], so a close frame can go out even when the socket queue is full.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a viewer for an upgraded connection whose writer is at the other end of `socket`.
     pub fn start(
         session: Addr<Session>,
         metrics: Arc<Metrics>,
-        can_control: bool,
+        (can_control, mode): (bool, Mode),
         limits: ViewerLimits,
-        ws: actix_ws::Session,
         stream: AggregatedMessageStream,
-        closer: oneshot::Sender<Bytes>,
+        socket: Socket,
     ) -> Addr<Self> {
         let limiter = RateLimiter::direct(Quota::per_second(limits.commands_per_second));
         Viewer {
@@ -103,16 +104,17 @@ impl Viewer {
             metrics,
             gone: Disconnect::Client,
             can_control,
+            mode,
             limits,
-            ws: Some(ws),
             stream: Some(stream),
-            closer: Some(closer),
+            out: socket.out,
+            closer: Some(socket.closer),
+            progress: socket.progress,
             joined: None,
-            epoch: 0,
-            outbox: VecDeque::new(),
-            pending_state: None,
-            pending: None,
-            sending_since: None,
+            queued: 0,
+            ping_at: 0,
+            seen_written: 0,
+            stuck_since: None,
             last_heard: Instant::now(),
             limiter,
         }
@@ -126,143 +128,93 @@ impl Viewer {
             total_frames: joined.race.total_frames(),
             fields: &joined.race.meta.fields,
             can_control: self.can_control,
+            mode: self.mode.as_str(),
+            window_ms: joined.window.map(|w| w.as_millis() as u64),
             state: joined.state,
         });
-        self.epoch = joined.state.epoch;
         self.metrics.viewers.inc();
         self.metrics.ws_connects.inc();
         self.joined = Some(JoinedState {
             viewer: joined.viewer,
             race: joined.race,
-            stats: joined.stats,
+            stats: joined.stats.clone(),
+            feed: joined.feed.clone(),
         });
-        self.queue(Message::Text(hello), ctx);
+        self.queue(ws_text(hello), ctx);
+        let subscribe = Out::Subscribe(Subscription {
+            feed: joined.feed,
+            stats: joined.stats,
+            epoch: joined.state.epoch,
+        });
+        if self.out.try_send(subscribe).is_err() {
+            ctx.stop();
+        }
     }
 
-    /// A frame offer from the session: newer epochs bring their state message first and make the
-    /// pending frame stale; within an epoch the newest frame replaces an unsent one.
-    fn offer(&mut self, offer: Deliver, ctx: &mut Context<Self>) {
-        let Some(joined) = &self.joined else {
-            return;
-        };
-        if offer.epoch < self.epoch {
-            return;
-        }
-        let stalled = self
-            .sending_since
-            .is_some_and(|since| since.elapsed() > STALLED_AFTER);
-        if offer.epoch > self.epoch {
-            self.epoch = offer.epoch;
-            if self.pending.take().is_some() {
-                joined.stats.count_drop_as(stalled);
-            }
-            // Only the newest state matters; an unsent older one is superseded.
-            self.pending_state = Some(offer.state);
-        }
-        if self
-            .pending
-            .replace((offer.bytes, offer.offered_at))
-            .is_some()
-        {
-            joined.stats.count_drop_as(stalled);
-        }
-        self.pump(ctx);
-    }
-
-    fn queue(&mut self, message: Message, ctx: &mut Context<Self>) {
-        if self.outbox.len() >= MAX_OUTBOX {
-            self.close(
+    /// Queues a framed message for the writer; a client that lets [`MAX_OUTBOX`] pile up is
+    /// closed rather than buffered for.
+    fn queue(&mut self, message: Bytes, ctx: &mut Context<Self>) {
+        match self.out.try_send(Out::Message(message)) {
+            Ok(()) => self.queued += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => self.close(
                 CloseCode::Policy.into(),
                 "too many unread replies: read your socket",
                 ctx,
-            );
-            return;
+            ),
+            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
         }
-        self.outbox.push_back(message);
-        self.pump(ctx);
-    }
-
-    /// Hands the next message to the socket unless a send is already in flight.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.sending_since.is_some() {
-            return;
-        }
-        let Some(mut ws) = self.ws.take() else {
-            return;
-        };
-        let (message, frame) = if let Some(message) = self.outbox.pop_front() {
-            (message, None)
-        } else if let Some(state) = self.pending_state.take() {
-            (Message::Text(state), None)
-        } else if let Some((bytes, offered_at)) = self.pending.take() {
-            let len = bytes.len();
-            (Message::Binary(bytes), Some((len, offered_at)))
-        } else {
-            self.ws = Some(ws);
-            return;
-        };
-        self.sending_since = Some(Instant::now());
-        let send = async move {
-            let result = ws.send(message).await;
-            (ws, result)
-        };
-        ctx.spawn(
-            send.into_actor(self)
-                .map(move |(ws, result), act, ctx| act.sent(ws, result.is_ok(), frame, ctx)),
-        );
-    }
-
-    fn sent(
-        &mut self,
-        ws: actix_ws::Session,
-        ok: bool,
-        frame: Option<(usize, Instant)>,
-        ctx: &mut Context<Self>,
-    ) {
-        let stalled = self
-            .sending_since
-            .take()
-            .is_some_and(|since| since.elapsed() > STALLED_AFTER);
-        if !ok {
-            // A send that hung and then failed: the connection was cut under a stalled client.
-            if stalled {
-                self.gone = Disconnect::Stalled;
-            }
-            ctx.stop();
-            return;
-        }
-        self.ws = Some(ws);
-        if let (Some((len, offered_at)), Some(joined)) = (frame, &self.joined) {
-            joined.stats.count_sent(len, offered_at.elapsed());
-        }
-        self.pump(ctx);
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        if let Some(since) = self.sending_since {
-            if now.duration_since(since) > self.limits.stall_timeout {
-                if let Some(joined) = &self.joined {
-                    joined.stats.count_stalled_close();
-                }
-                self.close(
-                    close_code::STALLED,
-                    "stalled: the client is not reading",
-                    ctx,
-                );
-                return;
+        if self.stalled(now) {
+            if let Some(joined) = &self.joined {
+                joined.stats.count_stalled_close();
             }
+            self.close(
+                close_code::STALLED,
+                "stalled: the client is not reading",
+                ctx,
+            );
+            return;
         }
         if now.duration_since(self.last_heard) > self.limits.client_timeout {
             self.close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout", ctx);
             return;
         }
-        // One ping waiting is enough; a busy socket still gets it (skipping pings while a send
-        // is in flight starved busy viewers of pings, and they timed out).
-        let ping_waiting = self.outbox.iter().any(|m| matches!(m, Message::Ping(_)));
-        if !ping_waiting {
-            self.queue(Message::Ping(Bytes::new()), ctx);
+        // One ping waiting is enough; a busy socket still gets it.
+        if self.progress.replies.get() >= self.ping_at {
+            self.queue(ws_message(Message::Ping(Bytes::new())), ctx);
+            self.ping_at = self.queued;
         }
+    }
+
+    /// True once the writer has written nothing for `stall_timeout` while something waited for
+    /// it. Until then, frames it skips meanwhile are counted as dropped for a stalled client.
+    fn stalled(&mut self, now: Instant) -> bool {
+        let progress = &self.progress;
+        let written = progress.written.get();
+        let latest = self.joined.as_ref().map(|j| j.feed.borrow().seq);
+        let waiting = self.queued > progress.replies.get()
+            || latest.is_some_and(|seq| seq > progress.accounted.get());
+        if !waiting || written != self.seen_written {
+            self.seen_written = written;
+            self.stuck_since = None;
+            return false;
+        }
+        let since = *self.stuck_since.get_or_insert(now);
+        if let (Some(joined), Some(latest)) = (&self.joined, latest) {
+            // The newest value may still go out; everything before it will not.
+            let accounted = progress.accounted.get();
+            if latest > accounted + 1 {
+                let frames = u64::from(joined.feed.borrow().frames);
+                joined
+                    .stats
+                    .count_dropped((latest - 1 - accounted) * frames, true);
+                progress.accounted.set(latest - 1);
+            }
+        }
+        now.duration_since(since) >= self.limits.stall_timeout
     }
 
     fn command(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -276,14 +228,20 @@ impl Viewer {
                 "rate_limited",
                 &format!("more than {limit} commands per second; slow down"),
             );
-            self.queue(Message::Text(reply), ctx);
+            self.queue(ws_text(reply), ctx);
             return;
         }
-        let command = match Command::parse(text, joined.race.total_frames()) {
-            Ok(command) => command,
+        let command = match Request::parse(text, joined.race.total_frames()) {
+            Ok(Request::Time { t0 }) => {
+                self.count_command("time", "ok");
+                let server_ms = crate::session::wall_us() as f64 / 1000.0;
+                self.queue(ws_text(time_message(t0, server_ms)), ctx);
+                return;
+            }
+            Ok(Request::Control(command)) => command,
             Err(err) => {
                 self.count_command("invalid", err.code);
-                self.queue(Message::Text(error_message(err.code, &err.message)), ctx);
+                self.queue(ws_text(error_message(err.code, &err.message)), ctx);
                 return;
             }
         };
@@ -293,11 +251,11 @@ impl Viewer {
                 "forbidden",
                 "this connection has no control token; connect with ?token=<control token>",
             );
-            self.queue(Message::Text(reply), ctx);
+            self.queue(ws_text(reply), ctx);
             return;
         }
         self.count_command(command.kind(), "ok");
-        // The new state reaches every viewer, this one included, through the session's offers.
+        // The new state reaches every viewer, this one included, through the session's broadcast.
         // If the session is ending, its `Ended` message closes this viewer with the reason.
         ctx.spawn(
             self.session
@@ -316,9 +274,9 @@ impl Viewer {
                     "binary_not_supported",
                     "commands are JSON text messages, e.g. {\"cmd\":\"play\"}",
                 );
-                self.queue(Message::Text(reply), ctx);
+                self.queue(ws_text(reply), ctx);
             }
-            AggregatedMessage::Ping(payload) => self.queue(Message::Pong(payload), ctx),
+            AggregatedMessage::Ping(payload) => self.queue(ws_message(Message::Pong(payload)), ctx),
             AggregatedMessage::Pong(_) => {}
             AggregatedMessage::Close(reason) => {
                 let code = reason.map_or(1000, |r| u16::from(r.code));
@@ -357,14 +315,13 @@ impl Actor for Viewer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX);
         if let Some(stream) = self.stream.take() {
             ctx.add_stream(stream);
         }
         ctx.run_interval(self.limits.heartbeat, |act, ctx| act.heartbeat(ctx));
         let join = Join {
-            frames: ctx.address().recipient(),
             ended: ctx.address().recipient(),
+            mode: self.mode,
         };
         ctx.wait(
             self.session
@@ -387,13 +344,6 @@ impl Actor for Viewer {
                 viewer: joined.viewer,
             });
         }
-    }
-}
-
-impl Handler<Deliver> for Viewer {
-    type Result = ();
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        self.offer(msg, ctx);
     }
 }
 
@@ -439,54 +389,6 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
         .encode(actix_http::ws::Message::Close(Some(reason)), &mut out)
         .unwrap();
     out.freeze()
-}
-
-/// The WebSocket response body: actix-ws's stream, until the viewer asks to close; then a close
-/// frame goes out at once (overtaking up to 32 messages actix-ws may still hold) and the body ends.
-pub struct ClosableBody {
-    inner: BoxBody,
-    closer: Option<oneshot::Receiver<Bytes>>,
-    done: bool,
-}
-
-impl ClosableBody {
-    pub fn new(inner: BoxBody, closer: oneshot::Receiver<Bytes>) -> Self {
-        Self {
-            inner,
-            closer: Some(closer),
-            done: false,
-        }
-    }
-}
-
-impl MessageBody for ClosableBody {
-    type Error = Box<dyn std::error::Error>;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if let Some(closer) = this.closer.as_mut() {
-            match Pin::new(closer).poll(cx) {
-                Poll::Ready(Ok(frame)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                // The viewer ended without a close of its own: let actix-ws finish the stream.
-                Poll::Ready(Err(_)) => this.closer = None,
-                Poll::Pending => {}
-            }
-        }
-        Pin::new(&mut this.inner).poll_next(cx)
-    }
 }
 
 #[cfg(test)]
