@@ -131,6 +131,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<DecodedFrame, rmp_serde::decode::Err
     rmp_serde::from_slice(bytes)
 }
 
+/// Decodes a look-ahead window with its frames; used by tests.
+pub fn decode_window(bytes: &[u8]) -> Result<DecodedWindow, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// The decoded form of a look-ahead window.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct DecodedWindow {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub epoch: u64,
+    pub indices: Vec<u32>,
+    pub frames: Vec<DecodedFrame>,
+}
+
 /// The decoded form of a wire frame.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct DecodedFrame {
@@ -414,6 +429,41 @@ mod tests {
     }
 
     #[test]
+    fn a_window_holds_the_shared_frame_bytes_and_names_their_indices() {
+        let race = small_race();
+        let indices = [40, 41, 45, 60];
+        let window = window_message(&race, 7, &indices);
+        assert_eq!(window_indices(&window), Some((7, indices.to_vec())));
+        let decoded = decode_window(&window).unwrap();
+        assert_eq!(decoded.kind, "window");
+        assert_eq!(decoded.epoch, 7);
+        let carried: Vec<u32> = decoded.frames.iter().map(|f| f.i).collect();
+        assert_eq!(carried, indices, "every frame carries its own index");
+        let frames: Vec<u8> = indices
+            .iter()
+            .flat_map(|&i| race.frame(i).unwrap().to_vec())
+            .collect();
+        assert!(
+            window.ends_with(&frames),
+            "the race's encoded bytes, unchanged"
+        );
+        assert_eq!(window_indices(&race.frame(3).unwrap()), None);
+        assert_eq!(frame_index(&window), None, "a window is not a frame");
+    }
+
+    #[test]
+    fn messages_are_framed_once_as_unmasked_server_frames() {
+        let payload = Bytes::from(vec![7u8; 300]);
+        let framed = ws_binary(payload.clone());
+        assert_eq!(framed[0], 0x82, "FIN + binary");
+        assert_eq!(framed[1], 126, "unmasked, 16-bit length");
+        assert_eq!(u16::from_be_bytes([framed[2], framed[3]]), 300);
+        assert_eq!(&framed[4..], &payload[..]);
+        let text = ws_text(ByteString::from_static("{}"));
+        assert_eq!(&text[..], b"\x81\x02{}");
+    }
+
+    #[test]
     fn control_messages_are_the_documented_json() {
         let state = PlayState {
             playing: true,
@@ -436,5 +486,10 @@ mod tests {
             serde_json::json!({"type":"error","code":"forbidden","message":"no token"})
         );
         assert_eq!(frame_index(b"\x80"), None);
+        let t: serde_json::Value = serde_json::from_str(&time_message(1.5, 2.25)).unwrap();
+        assert_eq!(
+            t,
+            serde_json::json!({"type":"time","t0":1.5,"server_ms":2.25})
+        );
     }
 }

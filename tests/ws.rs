@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, Received, TestHub, Viewer};
+use common::{connect_non_reader, eventually, Received, TestHub, Viewer};
 use futures_util::{SinkExt, StreamExt};
 use replay_hub::hub::SessionRace;
 use serde_json::json;
@@ -270,24 +270,6 @@ async fn bad_input_gets_its_documented_answer_and_the_hub_keeps_serving() {
     assert_eq!(response.status(), 200);
     let mut again = Viewer::connect(&url).await;
     again.next_frame().await;
-}
-
-/// Connects without ever reading, with a tiny receive buffer so the server notices soon.
-async fn connect_non_reader(
-    url: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    ws
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::Addr;
 use futures_util::{SinkExt, StreamExt};
 use replay_hub::config::Config;
-use replay_hub::encode::{decode_frame, DecodedFrame};
+use replay_hub::encode::{decode_frame, decode_window, DecodedFrame, DecodedWindow};
 use replay_hub::hub::Hub;
 use replay_hub::race::{generate, write_race, GenParams};
 use replay_hub::session::SessionInfo;
@@ -177,6 +177,8 @@ impl Drop for TestHub {
 pub enum Received {
     Frame(DecodedFrame, usize),
     Json(Value),
+    /// A look-ahead window.
+    Window(DecodedWindow),
     Closed(Option<CloseFrame>),
 }
 
@@ -212,6 +214,9 @@ impl Viewer {
                 None => return Received::Closed(None),
                 Some(Err(e)) => panic!("websocket error: {e}"),
                 Some(Ok(Message::Binary(bytes))) => {
+                    if let Ok(window) = decode_window(&bytes) {
+                        return Received::Window(window);
+                    }
                     let frame = decode_frame(&bytes).expect("a wire frame");
                     return Received::Frame(frame, bytes.len());
                 }
@@ -229,7 +234,7 @@ impl Viewer {
         loop {
             match self.next().await {
                 Received::Json(v) => return v,
-                Received::Frame(..) => continue,
+                Received::Frame(..) | Received::Window(_) => continue,
                 Received::Closed(c) => panic!("closed while waiting for JSON: {c:?}"),
             }
         }
@@ -250,8 +255,19 @@ impl Viewer {
         loop {
             match self.next().await {
                 Received::Frame(f, _) => return f,
-                Received::Json(_) => continue,
+                Received::Json(_) | Received::Window(_) => continue,
                 Received::Closed(c) => panic!("closed while waiting for a frame: {c:?}"),
+            }
+        }
+    }
+
+    /// The next look-ahead window, skipping JSON messages.
+    pub async fn next_window(&mut self) -> DecodedWindow {
+        loop {
+            match self.next().await {
+                Received::Window(w) => return w,
+                Received::Json(_) => continue,
+                other => panic!("expected a window, got {other:?}"),
             }
         }
     }
@@ -277,6 +293,24 @@ impl Viewer {
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
     }
+}
+
+/// Connects without ever reading, with a tiny receive buffer so the server notices soon.
+pub async fn connect_non_reader(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most [`PATIENCE`].
