@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{CacheSpec, Compression};
+use crate::feed::Mode;
 
 /// replay-hub: broadcast Formula 1 race replays to many synchronised viewers.
 ///
@@ -267,6 +268,10 @@ pub struct LoadtestArgs {
     /// Seconds to measure for, after every viewer has connected.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Delivery mode to ask for: push (a message per frame) or lookahead (windows of frames,
+    /// each shown at its time after a clock sync with the hub).
+    #[arg(long, value_enum, default_value_t = Mode::Push)]
+    pub mode: Mode,
     /// The hub's process id: adds its CPU time per delivered frame and its resident memory.
     #[arg(long)]
     pub server_pid: Option<u32>,

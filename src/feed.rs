@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 /// How a viewer asks to receive frames (`?mode=` on the WebSocket URL).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// One message per frame, at 25 FPS, as it becomes current.

@@ -160,6 +160,8 @@ impl App {
                 .configure(api::configure)
         })
         .on_connect(move |conn, _| tune_socket(conn, user_timeout, send_buffer))
+        // Each frame is one small write that should leave at once, not wait on an ACK (Nagle).
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000));
         if config.workers > 0 {

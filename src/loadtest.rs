@@ -2,17 +2,22 @@
 //! some that never read) and reports what the readers received: frames per second per viewer,
 //! gaps between frames, how far apart viewers got the same frame, bandwidth, and, given the
 //! server's pid, its CPU per delivered frame and its resident memory. Figures in BENCHMARKS.md.
+//!
+//! In look-ahead mode each viewer also does what a real client does: it estimates its offset to
+//! the server clock with time requests and works out when it would show each frame it got; gaps
+//! and spreads are then those of display times, and frames that arrive too late are counted.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::LoadtestArgs;
-use crate::encode::frame_index;
+use crate::encode::{frame_index, window_indices};
+use crate::feed::Mode;
 
 /// Per-viewer counters, written by its reader task and sampled by the reporter.
 #[derive(Default)]
@@ -20,7 +25,10 @@ struct Counters {
     frames: AtomicU64,
     bytes: AtomicU64,
     out_of_order: AtomicU64,
-    /// (frame index, µs since the window opened) of every frame received in the window.
+    /// Look-ahead: frames that arrived after the moment they were due on screen.
+    late: AtomicU64,
+    /// (frame index, µs since the window opened) of every frame received in the window: when it
+    /// arrived (push) or when its viewer would show it (look-ahead).
     arrivals: Mutex<Vec<(u32, u32)>>,
 }
 
@@ -28,11 +36,40 @@ struct Counters {
 struct Window {
     open: AtomicBool,
     start: Mutex<Option<Instant>>,
+    clock: Clock,
+}
+
+/// Wall-clock ms read through one monotonic clock, the same for every viewer of the run.
+#[derive(Clone, Copy)]
+struct Clock {
+    base: Instant,
+    base_ms: f64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let base_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        Self {
+            base: Instant::now(),
+            base_ms,
+        }
+    }
+
+    fn now_ms(&self) -> f64 {
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> f64 {
+        self.base_ms + at.saturating_duration_since(self.base).as_secs_f64() * 1000.0
+    }
 }
 
 /// The figures of one run, printed as a table and optionally written as JSON.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    pub mode: &'static str,
     pub viewers: usize,
     pub connected: usize,
     pub connect_errors: usize,
@@ -48,6 +85,9 @@ pub struct Report {
     /// For each frame index, the spread of its arrival across viewers, in ms.
     pub sync_spread_p50_ms: f64,
     pub sync_spread_p99_ms: f64,
+    pub sync_spread_max_ms: f64,
+    /// Look-ahead: frames that arrived after their display time.
+    pub late_frames: u64,
     pub stalled: usize,
     pub server_rss_start_kib: Option<u64>,
     pub server_rss_end_kib: Option<u64>,
@@ -55,13 +95,18 @@ pub struct Report {
     pub server_cpu_us_per_frame: Option<f64>,
 }
 
-pub async fn run(args: LoadtestArgs) -> Result<Report, String> {
+pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
+    if args.mode == Mode::Lookahead && !args.url.contains("mode=") {
+        let sep = if args.url.contains('?') { '&' } else { '?' };
+        args.url = format!("{}{sep}mode=lookahead", args.url);
+    }
     let mut counters = Vec::with_capacity(args.viewers);
     let mut connect_errors = 0;
     let started = Instant::now();
     let window = Arc::new(Window {
         open: AtomicBool::new(false),
         start: Mutex::new(None),
+        clock: Clock::new(),
     });
     // Viewers that connect and never read: the hub must not let them slow the others down.
     let mut stalled = Vec::with_capacity(args.stalled);
@@ -85,7 +130,12 @@ pub async fn run(args: LoadtestArgs) -> Result<Report, String> {
             match result {
                 Ok((ws, _)) => {
                     let c = Arc::new(Counters::default());
-                    tokio::spawn(read(ws, c.clone(), window.clone()));
+                    match args.mode {
+                        Mode::Push => tokio::spawn(read(ws, c.clone(), window.clone())),
+                        Mode::Lookahead => {
+                            tokio::spawn(read_windows(ws, c.clone(), window.clone()))
+                        }
+                    };
                     counters.push(c);
                 }
                 Err(err) => {
@@ -150,6 +200,7 @@ pub async fn run(args: LoadtestArgs) -> Result<Report, String> {
     let bytes: u64 = before.iter().zip(&after).map(|(b, a)| a.1 - b.1).sum();
     let cpu = cpu_start.zip(cpu_end).map(|(s, e)| e - s);
     Ok(Report {
+        mode: args.mode.as_str(),
         viewers: args.viewers,
         connected: counters.len(),
         connect_errors,
@@ -166,6 +217,11 @@ pub async fn run(args: LoadtestArgs) -> Result<Report, String> {
         gap_max_ms: gaps.last().copied().unwrap_or(0.0),
         sync_spread_p50_ms: percentile(&spreads, 0.5),
         sync_spread_p99_ms: percentile(&spreads, 0.99),
+        sync_spread_max_ms: spreads.last().copied().unwrap_or(0.0),
+        late_frames: counters
+            .iter()
+            .map(|c| c.late.load(Ordering::Relaxed))
+            .sum(),
         stalled: args.stalled,
         server_rss_start_kib: rss_start,
         server_rss_end_kib: rss_end,
@@ -238,6 +294,134 @@ where
     }
 }
 
+/// Time requests each viewer makes; it keeps the answer with the shortest round trip.
+const TIME_SAMPLES: u32 = 5;
+
+/// A look-ahead viewer: syncs its clock, follows the state, and records when it would show each
+/// frame of every window it gets.
+async fn read_windows<S>(mut ws: S, counters: Arc<Counters>, window: Arc<Window>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<Message>
+        + Unpin,
+{
+    let clock = window.clock;
+    let time_request = |clock: &Clock| {
+        Message::text(serde_json::json!({"cmd": "time", "t0": clock.now_ms()}).to_string())
+    };
+    if ws.send(time_request(&clock)).await.is_err() {
+        return;
+    }
+    let mut samples = 1;
+    // Server clock minus ours, from the sample with the shortest round trip.
+    let mut offset: Option<(f64, f64)> = None;
+    let mut state: Option<Anchor> = None;
+    let mut last: Option<u32> = None;
+    while let Some(Ok(message)) = ws.next().await {
+        let received = Instant::now();
+        match message {
+            Message::Text(text) => {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                match value["type"].as_str() {
+                    Some("hello") => state = Anchor::from_json(&value["state"]),
+                    Some("state") => state = Anchor::from_json(&value),
+                    Some("time") => {
+                        let t1 = clock.ms_at(received);
+                        if let (Some(t0), Some(server)) =
+                            (value["t0"].as_f64(), value["server_ms"].as_f64())
+                        {
+                            let rtt = t1 - t0;
+                            if offset.is_none_or(|(_, best)| rtt < best) {
+                                offset = Some((server - (t0 + t1) / 2.0, rtt));
+                            }
+                        }
+                        if samples < TIME_SAMPLES {
+                            samples += 1;
+                            if ws.send(time_request(&clock)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Message::Binary(bytes) => {
+                let Some((epoch, indices)) = window_indices(&bytes) else {
+                    continue;
+                };
+                counters
+                    .frames
+                    .fetch_add(indices.len() as u64, Ordering::Relaxed);
+                counters
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let Some(anchor) = state.filter(|s| s.epoch == epoch) else {
+                    continue;
+                };
+                if last.is_some_and(|l| indices.first().is_some_and(|&f| f < l)) {
+                    counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                }
+                last = indices.last().copied().or(last);
+                let start = *window.start.lock().unwrap_or_else(|e| e.into_inner());
+                let (Some(start), Some((offset, _))) = (start, offset) else {
+                    continue;
+                };
+                if !window.open.load(Ordering::Acquire) {
+                    continue;
+                }
+                let (start_ms, arrived_ms) = (clock.ms_at(start), clock.ms_at(received));
+                let mut arrivals = counters.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+                for i in indices {
+                    // When this viewer shows frame i, on its own clock.
+                    let shown = anchor.shown_ms(i) - offset;
+                    if shown < arrived_ms {
+                        counters.late.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let since_start = (shown - start_ms) * 1000.0;
+                    if (0.0..f64::from(u32::MAX)).contains(&since_start) {
+                        arrivals.push((i, since_start as u32));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The timeline anchor of a state message: what a look-ahead client schedules frames by.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    epoch: u64,
+    playing: bool,
+    speed: f64,
+    frame: u32,
+    at_ms: f64,
+}
+
+impl Anchor {
+    fn from_json(state: &serde_json::Value) -> Option<Self> {
+        Some(Self {
+            epoch: state["epoch"].as_u64()?,
+            playing: state["playing"].as_bool()?,
+            speed: state["speed"].as_f64()?,
+            frame: state["anchor_frame"].as_u64()? as u32,
+            at_ms: state["anchor_ms"].as_f64()?,
+        })
+    }
+
+    /// Server time at which frame `i` goes on screen: the start of the first 40 ms display slot
+    /// that shows it (at speed s, slot j shows frame anchor + floor(j × s)).
+    fn shown_ms(&self, i: u32) -> f64 {
+        if !self.playing {
+            return self.at_ms;
+        }
+        let slot = ((f64::from(i) - f64::from(self.frame)) / self.speed - 1e-9).ceil();
+        self.at_ms + slot.max(0.0) * 1000.0 / f64::from(crate::race::FPS)
+    }
+}
+
 /// Every gap between consecutive frames at each viewer, sorted, in ms.
 fn gaps_ms(arrivals: &[Vec<(u32, u32)>]) -> Vec<f64> {
     let mut gaps: Vec<f64> = arrivals
@@ -279,7 +463,12 @@ impl Report {
         let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
         let kib =
             |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1} MiB", v as f64 / 1024.0));
+        let what = match self.mode {
+            "lookahead" => "display",
+            _ => "arrival",
+        };
         [
+            format!("delivery mode           {}", self.mode),
             format!(
                 "viewers connected       {} of {} ({} errors)",
                 self.connected, self.viewers, self.connect_errors
@@ -295,13 +484,14 @@ impl Report {
             ),
             format!("out-of-order frames     {}", self.out_of_order),
             format!(
-                "gap between frames      p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "gap between frames      p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({what})",
                 self.gap_p50_ms, self.gap_p99_ms, self.gap_max_ms
             ),
             format!(
-                "sync spread per frame   p50 {:.1} ms, p99 {:.1} ms",
-                self.sync_spread_p50_ms, self.sync_spread_p99_ms
+                "sync spread per frame   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({what})",
+                self.sync_spread_p50_ms, self.sync_spread_p99_ms, self.sync_spread_max_ms
             ),
+            format!("late frames             {}", self.late_frames),
             format!(
                 "stalled viewers         {} (connected, never reading)",
                 self.stalled
@@ -368,5 +558,31 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.99), 5.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn a_frame_is_shown_from_the_first_display_slot_that_holds_it() {
+        let anchor = Anchor {
+            epoch: 1,
+            playing: true,
+            speed: 1.0,
+            frame: 100,
+            at_ms: 1000.0,
+        };
+        assert_eq!(anchor.shown_ms(100), 1000.0);
+        assert_eq!(anchor.shown_ms(125), 2000.0, "25 frames a second at 1x");
+        let fast = Anchor {
+            speed: 4.0,
+            ..anchor
+        };
+        // Slots show 100, 104, 108, ...: frame 104 from the second slot, 105 never on its own
+        // slot (it would be shown, if sent, from the third).
+        assert_eq!(fast.shown_ms(104), 1040.0);
+        assert_eq!(fast.shown_ms(105), 1080.0);
+        let paused = Anchor {
+            playing: false,
+            ..anchor
+        };
+        assert_eq!(paused.shown_ms(100), 1000.0);
     }
 }
