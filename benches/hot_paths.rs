@@ -15,10 +15,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use replay_hub::encode::{encode_frame, window_message, ws_binary, EncodedRace};
 use replay_hub::feed::Broadcast;
 use replay_hub::metrics::Metrics;
-use replay_hub::outlet::{Out, Outlet, Progress, Subscription};
+use replay_hub::outlet::{Out, Outlet, Subscription, Wire};
 use replay_hub::race::{generate, Frame, GenParams};
 use replay_hub::session::DeliveryStats;
-use tokio::sync::{mpsc, oneshot};
 
 fn race() -> (replay_hub::race::RaceMeta, Vec<Frame>) {
     let params = GenParams {
@@ -49,32 +48,20 @@ fn encoded_race() -> Arc<EncodedRace> {
     Arc::new(EncodedRace::build(meta, frames.into_iter().map(Ok::<_, ()>)).expect("encodes"))
 }
 
-/// One viewer's socket writer, subscribed to `broadcast`, with the ends its viewer would hold.
+/// One viewer's socket writer, subscribed to `broadcast`.
 struct Writer {
     outlet: Pin<Box<Outlet>>,
-    _out: mpsc::Sender<Out>,
-    _closer: oneshot::Sender<Bytes>,
 }
 
 fn writer(broadcast: &Broadcast, stats: &Arc<DeliveryStats>) -> Writer {
-    let (out, replies) = mpsc::channel(64);
-    let (closer, close_rx) = oneshot::channel();
-    let outlet = Outlet::new(
-        replies,
-        close_rx,
-        Rc::new(Progress::default()),
-        BoxBody::new(()),
-    );
-    out.try_send(Out::Subscribe(Subscription {
+    let wire = Rc::new(Wire::default());
+    wire.send(Out::Subscribe(Subscription {
         feed: broadcast.subscribe(),
         stats: stats.clone(),
         epoch: 1,
-    }))
-    .expect("room for the subscription");
+    }));
     Writer {
-        outlet: Box::pin(outlet),
-        _out: out,
-        _closer: closer,
+        outlet: Box::pin(Outlet::new(wire, BoxBody::new(()))),
     }
 }
 
@@ -87,33 +74,52 @@ fn drain(writer: &mut Writer, cx: &mut Context<'_>) -> usize {
     bytes
 }
 
-/// A session tick: the frame is framed once and published, then every writer takes it.
+/// A session tick: the frame is framed once and published; this thread's relay copies it and
+/// every writer takes it. Writers live in a local task set, as on an HTTP worker.
 fn fan_out(c: &mut Criterion) {
     let race = encoded_race();
     let state = Bytes::from_static(b"state");
-    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let local = tokio::task::LocalSet::new();
     let mut group = c.benchmark_group("publish a frame, every writer takes it");
     for viewers in [1usize, 100, 1000, 5000] {
         let stats = Arc::new(DeliveryStats::new(Metrics::new()));
         let mut broadcast = Broadcast::new();
-        let mut writers: Vec<Writer> = (0..viewers).map(|_| writer(&broadcast, &stats)).collect();
-        for w in &mut writers {
-            drain(w, &mut cx);
-        }
+        let mut writers: Vec<Writer> = local.block_on(&runtime, async {
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            let mut writers: Vec<Writer> =
+                (0..viewers).map(|_| writer(&broadcast, &stats)).collect();
+            for w in &mut writers {
+                drain(w, &mut cx);
+            }
+            writers
+        });
         let mut index = 0u32;
         group.throughput(Throughput::Elements(viewers as u64));
         group.bench_with_input(BenchmarkId::from_parameter(viewers), &viewers, |b, _| {
-            b.iter(|| {
-                index = (index + 1) % race.total_frames();
-                let frame = race.frame(index).expect("index in range");
-                broadcast.publish(1, &state, ws_binary(frame), 1, None, Instant::now());
-                let mut bytes = 0;
-                for w in &mut writers {
-                    bytes += drain(w, &mut cx);
-                }
-                black_box(bytes)
+            b.iter_custom(|iters| {
+                local.block_on(&runtime, async {
+                    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        index = (index + 1) % race.total_frames();
+                        let frame = race.frame(index).expect("index in range");
+                        broadcast.publish(1, &state, ws_binary(frame), 1, None, Instant::now());
+                        // Let the relay take the new value, as the worker's scheduler would.
+                        tokio::task::yield_now().await;
+                        let mut bytes = 0;
+                        for w in &mut writers {
+                            bytes += drain(w, &mut cx);
+                        }
+                        black_box(bytes);
+                    }
+                    started.elapsed()
+                })
             })
         });
+        drop(writers);
     }
     group.finish();
 }

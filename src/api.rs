@@ -14,7 +14,6 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{token_hash, Broker};
 use crate::cache::RaceCache;
@@ -25,8 +24,8 @@ use crate::hub::{
     ImportRace, ListRaces, ListSessions, LoadRace,
 };
 use crate::metrics::Metrics;
-use crate::outlet::{Outlet, Progress};
-use crate::viewer::{Socket, Viewer, ViewerLimits, MAX_OUTBOX};
+use crate::outlet::{Outlet, Wire};
+use crate::viewer::{Viewer, ViewerLimits};
 
 /// What every handler shares: the hub's address and the limits from the config.
 #[derive(Clone)]
@@ -386,24 +385,17 @@ async fn websocket(
         .max_frame_size(state.max_message_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.max_message_bytes);
-    let (out, replies) = mpsc::channel(MAX_OUTBOX);
-    let (closer, close_rx) = oneshot::channel();
-    let progress = Rc::new(Progress::default());
-    let socket = Socket {
-        out,
-        closer,
-        progress: progress.clone(),
-    };
+    let wire = Rc::new(Wire::default());
     Viewer::start(
         session,
         state.metrics.clone(),
         (can_control, query.mode),
         state.viewer_limits.clone(),
         stream,
-        socket,
+        wire.clone(),
     );
     Ok(response
-        .map_body(|_, body| Outlet::new(replies, close_rx, progress, body))
+        .map_body(|_, body| Outlet::new(wire, body))
         .map_into_boxed_body())
 }
 

@@ -1,10 +1,17 @@
 //! What a session broadcasts: per delivery mode, the latest message, framed once for the wire.
 //!
 //! The session actor replaces the value of a `tokio::sync::watch` channel on every new frame
-//! (push mode) or window (look-ahead mode); each viewer's socket writer ([`crate::outlet`]) reads
-//! the newest value when it has room, so a slow viewer skips to the latest and never queues.
+//! (push mode) or window (look-ahead mode). On each worker thread one relay ([`LocalFeed`])
+//! follows it and wakes that thread's socket writers ([`crate::outlet`]) without locks or shared
+//! atomics; a writer takes the newest value when its socket has room, so a slow viewer skips to
+//! the latest and never queues.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -68,8 +75,17 @@ impl Feed {
 
 /// The sending side of one mode's broadcast, owned by the session actor.
 pub struct Broadcast {
+    id: u64,
     tx: watch::Sender<Arc<Feed>>,
     seq: u64,
+}
+
+/// A subscription to one broadcast: what a viewer hands its socket writer.
+#[derive(Clone)]
+pub struct FeedHandle {
+    /// Process-unique, so each worker thread runs one relay per broadcast.
+    pub id: u64,
+    pub rx: watch::Receiver<Arc<Feed>>,
 }
 
 impl Default for Broadcast {
@@ -80,7 +96,9 @@ impl Default for Broadcast {
 
 impl Broadcast {
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             tx: watch::Sender::new(Arc::new(Feed::empty())),
             seq: 0,
         }
@@ -109,12 +127,127 @@ impl Broadcast {
         }));
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Feed>> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> FeedHandle {
+        FeedHandle {
+            id: self.id,
+            rx: self.tx.subscribe(),
+        }
     }
 
     /// True when some viewer listens: a session builds nothing for a mode nobody uses.
     pub fn has_viewers(&self) -> bool {
         self.tx.receiver_count() > 0
+    }
+}
+
+/// The newest broadcast value as one worker thread holds it.
+#[derive(Clone)]
+pub struct LocalValue {
+    pub feed: Arc<Feed>,
+    /// This thread's own copy of `feed.message`: writers on this thread share its reference
+    /// count without contending with the other threads for it.
+    pub message: Bytes,
+}
+
+/// One worker thread's relay of a broadcast. A task on the thread follows the watch channel,
+/// copies each new message once, and wakes the writers of that thread that wait for it: the
+/// session wakes one task per thread, and each writer is woken by its own thread.
+pub struct LocalFeed {
+    current: RefCell<LocalValue>,
+    waiters: RefCell<Vec<Waker>>,
+    closed: Cell<bool>,
+}
+
+thread_local! {
+    static RELAYS: RefCell<HashMap<u64, Weak<LocalFeed>>> = RefCell::new(HashMap::new());
+}
+
+impl LocalFeed {
+    /// This thread's relay of `handle`'s broadcast, started on first use. Must be called
+    /// inside the thread's local task set (an actix or actix-web worker).
+    pub fn on_this_thread(handle: &FeedHandle) -> Rc<Self> {
+        if let Some(relay) = RELAYS.with(|r| r.borrow().get(&handle.id).and_then(Weak::upgrade)) {
+            return relay;
+        }
+        let mut rx = handle.rx.clone();
+        let feed = rx.borrow_and_update().clone();
+        let relay = Rc::new(Self {
+            current: RefCell::new(LocalValue {
+                message: Bytes::copy_from_slice(&feed.message),
+                feed,
+            }),
+            waiters: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+        });
+        let id = handle.id;
+        RELAYS.with(|r| r.borrow_mut().insert(id, Rc::downgrade(&relay)));
+        let weak = Rc::downgrade(&relay);
+        tokio::task::spawn_local(async move {
+            let open = loop {
+                if rx.changed().await.is_err() {
+                    break false;
+                }
+                // The last writer of this thread is gone: so is the relay.
+                let Some(relay) = weak.upgrade() else {
+                    break true;
+                };
+                let feed = rx.borrow_and_update().clone();
+                relay.publish(LocalValue {
+                    message: Bytes::copy_from_slice(&feed.message),
+                    feed,
+                });
+            };
+            if let Some(relay) = weak.upgrade() {
+                relay.closed.set(!open);
+                relay.wake_all();
+            }
+            RELAYS.with(|r| {
+                let mut relays = r.borrow_mut();
+                if relays
+                    .get(&id)
+                    .is_some_and(|w| w.strong_count() == 0 || !open)
+                {
+                    relays.remove(&id);
+                }
+            });
+        });
+        relay
+    }
+
+    fn publish(&self, value: LocalValue) {
+        *self.current.borrow_mut() = value;
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    /// The current value if its `seq` is past `seen`; otherwise the writer is woken when one
+    /// is. `None` once the session is gone. `registered` is the writer's own note of the value
+    /// it waits past, so it is listed once however often it is polled meanwhile.
+    pub fn poll_newer(
+        &self,
+        seen: u64,
+        registered: &mut Option<u64>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<LocalValue>> {
+        let current = self.current.borrow();
+        let seq = current.feed.seq;
+        if seq > seen {
+            return Poll::Ready(Some(current.clone()));
+        }
+        if self.closed.get() {
+            return Poll::Ready(None);
+        }
+        // Waiters are taken on every new value, so a note for this one means still listed.
+        if *registered != Some(seq) {
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            *registered = Some(seq);
+        }
+        Poll::Pending
     }
 }

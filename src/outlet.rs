@@ -3,29 +3,75 @@
 //! session's broadcast ([`crate::feed`]) directly, taking only the newest value, so a frame costs
 //! each viewer one wake and no copy, framing or allocation of its own.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::Bytes;
 use prometheus::local::LocalHistogram;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::Stream;
 
-use crate::feed::Feed;
+use crate::feed::{FeedHandle, LocalFeed, LocalValue};
 use crate::session::DeliveryStats;
 
 /// A writer that has written nothing for this long counts its drops as "stalled", not "slow".
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often local delivery counts are added to the shared metrics.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The link between a viewer actor and its socket writer. Both live on the same worker thread
+/// (actix-web runs a connection's handler and its response body on one), so it needs no lock:
+/// the actor queues and the writer takes, and the writer is woken only when something arrives.
+#[derive(Default)]
+pub struct Wire {
+    queue: RefCell<VecDeque<Out>>,
+    close: RefCell<Option<Bytes>>,
+    hung_up: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    pub progress: Progress,
+}
+
+impl Wire {
+    /// Queues `out` after everything queued before.
+    pub fn send(&self, out: Out) {
+        self.queue.borrow_mut().push_back(out);
+        self.wake();
+    }
+
+    /// Messages queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// A close frame: it overtakes everything queued, then the response ends.
+    pub fn close(&self, frame: Bytes) {
+        *self.close.borrow_mut() = Some(frame);
+        self.wake();
+    }
+
+    /// The viewer actor is gone: the writer ends after what is queued.
+    pub fn hang_up(&self) {
+        self.hung_up.set(true);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(&self, cx: &Context<'_>) {
+        let mut waker = self.waker.borrow_mut();
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+    }
+}
 
 /// What a viewer actor hands its writer, in order.
 pub enum Out {
@@ -37,7 +83,7 @@ pub enum Out {
 
 /// A joined viewer's view of its session's broadcast.
 pub struct Subscription {
-    pub feed: watch::Receiver<Arc<Feed>>,
+    pub feed: FeedHandle,
     pub stats: Arc<DeliveryStats>,
     /// The epoch of the state the viewer's hello carried: its state message is not repeated.
     pub epoch: u64,
@@ -56,16 +102,16 @@ pub struct Progress {
 }
 
 pub struct Outlet {
-    replies: mpsc::Receiver<Out>,
-    closer: Option<oneshot::Receiver<Bytes>>,
-    feed: Option<WatchStream<Arc<Feed>>>,
+    wire: Rc<Wire>,
+    feed: Option<Rc<LocalFeed>>,
+    /// The broadcast seq this writer is listed as waiting past (see [`LocalFeed::poll_newer`]).
+    waiting: Option<u64>,
     tally: Option<Tally>,
     epoch: u64,
     /// No broadcast value written yet: a look-ahead window's catch-up goes first.
     first: bool,
     /// Chunks of the current broadcast value still to write (state, catch-up, message).
     ready: VecDeque<Bytes>,
-    progress: Rc<Progress>,
     last_write: Instant,
     /// actix-ws's own response body, never polled: dropping it tells the message stream the
     /// connection is gone.
@@ -103,21 +149,15 @@ impl Tally {
 
 impl Outlet {
     /// A writer for a freshly upgraded connection; `socket` is actix-ws's body it replaces.
-    pub fn new(
-        replies: mpsc::Receiver<Out>,
-        closer: oneshot::Receiver<Bytes>,
-        progress: Rc<Progress>,
-        socket: BoxBody,
-    ) -> Self {
+    pub fn new(wire: Rc<Wire>, socket: BoxBody) -> Self {
         Self {
-            replies,
-            closer: Some(closer),
+            wire,
             feed: None,
+            waiting: None,
             tally: None,
             epoch: 0,
             first: true,
             ready: VecDeque::with_capacity(3),
-            progress,
             last_write: Instant::now(),
             _socket: socket,
             done: false,
@@ -125,9 +165,9 @@ impl Outlet {
     }
 
     fn subscribe(&mut self, sub: Subscription) {
-        let seq = sub.feed.borrow().seq;
+        let seq = sub.feed.rx.borrow().seq;
         // The current value is the viewer's first, not a drop.
-        self.progress.accounted.set(seq.saturating_sub(1));
+        self.wire.progress.accounted.set(seq.saturating_sub(1));
         self.epoch = sub.epoch;
         self.tally = Some(Tally {
             latency: sub.stats.metrics().send_latency.local(),
@@ -138,13 +178,14 @@ impl Outlet {
             dropped_stalled: 0,
             flushed: Instant::now(),
         });
-        self.feed = Some(WatchStream::new(sub.feed));
+        self.feed = Some(LocalFeed::on_this_thread(&sub.feed));
     }
 
     /// Queues the chunks of the newest broadcast value; values skipped since the last one
     /// were dropped for this viewer (latest wins).
-    fn take(&mut self, value: &Feed) {
-        let accounted = self.progress.accounted.get();
+    fn take(&mut self, local: LocalValue) {
+        let value = &local.feed;
+        let accounted = self.wire.progress.accounted.get();
         if value.message.is_empty() || value.seq <= accounted {
             return;
         }
@@ -162,7 +203,7 @@ impl Outlet {
                 .latency
                 .observe(now.duration_since(value.published).as_secs_f64());
         }
-        self.progress.accounted.set(value.seq);
+        self.wire.progress.accounted.set(value.seq);
         if value.epoch > self.epoch {
             self.epoch = value.epoch;
             self.ready.push_back(value.state.clone());
@@ -172,11 +213,11 @@ impl Outlet {
                 self.ready.push_back(catch_up.clone());
             }
         }
-        self.ready.push_back(value.message.clone());
+        self.ready.push_back(local.message);
     }
 
     fn write(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Box<dyn std::error::Error>>>> {
-        let progress = &self.progress;
+        let progress = &self.wire.progress;
         progress.written.set(progress.written.get() + 1);
         let now = Instant::now();
         self.last_write = now;
@@ -213,42 +254,39 @@ impl MessageBody for Outlet {
             return Poll::Ready(None);
         }
         // A close frame overtakes everything still queued, then the body ends.
-        if let Some(closer) = this.closer.as_mut() {
-            match Pin::new(closer).poll(cx) {
-                Poll::Ready(Ok(frame)) => {
-                    this.done = true;
-                    return this.write(frame);
-                }
-                Poll::Ready(Err(_)) => this.closer = None,
-                Poll::Pending => {}
-            }
+        let close = this.wire.close.borrow_mut().take();
+        if let Some(frame) = close {
+            this.done = true;
+            return this.write(frame);
         }
         loop {
             if let Some(chunk) = this.ready.pop_front() {
                 return this.write(chunk);
             }
-            match this.replies.poll_recv(cx) {
-                Poll::Ready(Some(Out::Message(bytes))) => {
-                    let replies = &this.progress.replies;
+            let next = this.wire.queue.borrow_mut().pop_front();
+            match next {
+                Some(Out::Message(bytes)) => {
+                    let replies = &this.wire.progress.replies;
                     replies.set(replies.get() + 1);
                     return this.write(bytes);
                 }
-                Poll::Ready(Some(Out::Subscribe(sub))) => {
+                Some(Out::Subscribe(sub)) => {
                     this.subscribe(sub);
                     continue;
                 }
                 // The viewer actor is gone without a close of its own: so is the client.
-                Poll::Ready(None) => {
+                None if this.wire.hung_up.get() => {
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => {}
+                None => this.wire.wait(cx),
             }
-            let Some(feed) = this.feed.as_mut() else {
+            let Some(feed) = this.feed.as_ref() else {
                 return Poll::Pending;
             };
-            match Pin::new(feed).poll_next(cx) {
-                Poll::Ready(Some(value)) => this.take(&value),
+            let seen = this.wire.progress.accounted.get();
+            match feed.poll_newer(seen, &mut this.waiting, cx) {
+                Poll::Ready(Some(value)) => this.take(value),
                 // The session ended; its `Ended` message makes the viewer close this socket.
                 Poll::Ready(None) => {
                     this.feed = None;

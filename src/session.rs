@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::broker::{Broker, SessionRecord};
 use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState};
-use crate::feed::{Broadcast, Feed, Mode};
+use crate::feed::{Broadcast, FeedHandle, Mode};
 use crate::metrics::Metrics;
 use crate::race::FPS;
 
@@ -441,7 +440,7 @@ pub struct Joined {
     pub race: Arc<EncodedRace>,
     pub state: PlayState,
     pub stats: Arc<DeliveryStats>,
-    pub feed: watch::Receiver<Arc<Feed>>,
+    pub feed: FeedHandle,
     /// The look-ahead window length, for look-ahead viewers.
     pub window: Option<Duration>,
 }

@@ -15,14 +15,14 @@ use actix_http::ws::Codec;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message};
 use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 use crate::encode::{
     error_message, hello_message, time_message, ws_message, ws_text, EncodedRace, Hello,
 };
 use crate::feed::{Feed, Mode};
 use crate::metrics::{Disconnect, Metrics};
-use crate::outlet::{Out, Progress, Subscription};
+use crate::outlet::{Out, Subscription, Wire};
 use crate::session::{Control, DeliveryStats, Ended, Join, Joined, Leave, Request, Session};
 
 /// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
@@ -46,15 +46,6 @@ pub struct ViewerLimits {
     pub commands_per_second: NonZeroU32,
 }
 
-/// The writing side of a viewer's socket, as the viewer actor sees it.
-pub struct Socket {
-    /// Messages for the writer, bounded by [`MAX_OUTBOX`].
-    pub out: mpsc::Sender<Out>,
-    /// A close frame for the writer: it overtakes everything queued.
-    pub closer: oneshot::Sender<Bytes>,
-    pub progress: Rc<Progress>,
-}
-
 pub struct Viewer {
     session: Addr<Session>,
     metrics: Arc<Metrics>,
@@ -64,9 +55,9 @@ pub struct Viewer {
     mode: Mode,
     limits: ViewerLimits,
     stream: Option<AggregatedMessageStream>,
-    out: mpsc::Sender<Out>,
-    closer: Option<oneshot::Sender<Bytes>>,
-    progress: Rc<Progress>,
+    /// To the socket writer; messages on it are bounded by [`MAX_OUTBOX`].
+    wire: Rc<Wire>,
+    closing: bool,
     joined: Option<JoinedState>,
     /// Messages queued for the writer so far; it counts those it wrote.
     queued: u64,
@@ -89,14 +80,14 @@ struct JoinedState {
 }
 
 impl Viewer {
-    /// Starts a viewer for an upgraded connection whose writer is at the other end of `socket`.
+    /// Starts a viewer for an upgraded connection whose writer is at the other end of `wire`.
     pub fn start(
         session: Addr<Session>,
         metrics: Arc<Metrics>,
         (can_control, mode): (bool, Mode),
         limits: ViewerLimits,
         stream: AggregatedMessageStream,
-        socket: Socket,
+        wire: Rc<Wire>,
     ) -> Addr<Self> {
         let limiter = RateLimiter::direct(Quota::per_second(limits.commands_per_second));
         Viewer {
@@ -107,9 +98,8 @@ impl Viewer {
             mode,
             limits,
             stream: Some(stream),
-            out: socket.out,
-            closer: Some(socket.closer),
-            progress: socket.progress,
+            wire,
+            closing: false,
             joined: None,
             queued: 0,
             ping_at: 0,
@@ -138,7 +128,7 @@ impl Viewer {
             viewer: joined.viewer,
             race: joined.race,
             stats: joined.stats.clone(),
-            feed: joined.feed.clone(),
+            feed: joined.feed.rx.clone(),
         });
         self.queue(ws_text(hello), ctx);
         let subscribe = Out::Subscribe(Subscription {
@@ -146,23 +136,22 @@ impl Viewer {
             stats: joined.stats,
             epoch: joined.state.epoch,
         });
-        if self.out.try_send(subscribe).is_err() {
-            ctx.stop();
-        }
+        self.wire.send(subscribe);
     }
 
     /// Queues a framed message for the writer; a client that lets [`MAX_OUTBOX`] pile up is
     /// closed rather than buffered for.
     fn queue(&mut self, message: Bytes, ctx: &mut Context<Self>) {
-        match self.out.try_send(Out::Message(message)) {
-            Ok(()) => self.queued += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => self.close(
+        if self.wire.queued() >= MAX_OUTBOX {
+            self.close(
                 CloseCode::Policy.into(),
                 "too many unread replies: read your socket",
                 ctx,
-            ),
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+            );
+            return;
         }
+        self.wire.send(Out::Message(message));
+        self.queued += 1;
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -183,7 +172,7 @@ impl Viewer {
             return;
         }
         // One ping waiting is enough; a busy socket still gets it.
-        if self.progress.replies.get() >= self.ping_at {
+        if self.wire.progress.replies.get() >= self.ping_at {
             self.queue(ws_message(Message::Ping(Bytes::new())), ctx);
             self.ping_at = self.queued;
         }
@@ -192,7 +181,7 @@ impl Viewer {
     /// True once the writer has written nothing for `stall_timeout` while something waited for
     /// it. Until then, frames it skips meanwhile are counted as dropped for a stalled client.
     fn stalled(&mut self, now: Instant) -> bool {
-        let progress = &self.progress;
+        let progress = &self.wire.progress;
         let written = progress.written.get();
         let latest = self.joined.as_ref().map(|j| j.feed.borrow().seq);
         let waiting = self.queued > progress.replies.get()
@@ -304,8 +293,8 @@ impl Viewer {
             1013 => Disconnect::SessionFull,
             _ => Disconnect::Client,
         };
-        if let Some(closer) = self.closer.take() {
-            let _ = closer.send(close_frame(code, reason));
+        if !std::mem::replace(&mut self.closing, true) {
+            self.wire.close(close_frame(code, reason));
         }
         ctx.stop();
     }
@@ -336,6 +325,7 @@ impl Actor for Viewer {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.wire.hang_up();
         self.metrics.disconnected(self.gone);
         if let Some(joined) = &self.joined {
             self.metrics.viewers.dec();
