@@ -6,7 +6,7 @@
 //! atomics; a writer takes the newest value when its socket has room, so a slow viewer skips to
 //! the latest and never queues.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +141,6 @@ impl Broadcast {
 }
 
 /// The newest broadcast value as one worker thread holds it.
-#[derive(Clone)]
 pub struct LocalValue {
     pub feed: Arc<Feed>,
     /// This thread's own copy of `feed.message`: writers on this thread share its reference
@@ -226,19 +225,20 @@ impl LocalFeed {
         }
     }
 
-    /// The current value if its `seq` is past `seen`; otherwise the writer is woken when one
-    /// is. `None` once the session is gone. `registered` is the writer's own note of the value
+    /// The current value if its `seq` is past `seen` (borrowed: writers take the few parts they
+    /// write, not a shared reference count); otherwise the writer is woken when one is. `None`
+    /// once the session is gone. `registered` is the writer's own note of the value
     /// it waits past, so it is listed once however often it is polled meanwhile.
     pub fn poll_newer(
         &self,
         seen: u64,
         registered: &mut Option<u64>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<LocalValue>> {
+    ) -> Poll<Option<Ref<'_, LocalValue>>> {
         let current = self.current.borrow();
         let seq = current.feed.seq;
         if seq > seen {
-            return Poll::Ready(Some(current.clone()));
+            return Poll::Ready(Some(current));
         }
         if self.closed.get() {
             return Poll::Ready(None);

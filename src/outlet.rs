@@ -183,7 +183,7 @@ impl Outlet {
 
     /// Queues the chunks of the newest broadcast value; values skipped since the last one
     /// were dropped for this viewer (latest wins).
-    fn take(&mut self, local: LocalValue) {
+    fn take(&mut self, local: &LocalValue) {
         let value = &local.feed;
         let accounted = self.wire.progress.accounted.get();
         if value.message.is_empty() || value.seq <= accounted {
@@ -213,7 +213,7 @@ impl Outlet {
                 self.ready.push_back(catch_up.clone());
             }
         }
-        self.ready.push_back(local.message);
+        self.ready.push_back(local.message.clone());
     }
 
     fn write(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Box<dyn std::error::Error>>>> {
@@ -281,18 +281,22 @@ impl MessageBody for Outlet {
                 }
                 None => this.wire.wait(cx),
             }
-            let Some(feed) = this.feed.as_ref() else {
+            let Some(feed) = this.feed.clone() else {
                 return Poll::Pending;
             };
             let seen = this.wire.progress.accounted.get();
-            match feed.poll_newer(seen, &mut this.waiting, cx) {
-                Poll::Ready(Some(value)) => this.take(value),
-                // The session ended; its `Ended` message makes the viewer close this socket.
-                Poll::Ready(None) => {
-                    this.feed = None;
-                    return Poll::Pending;
+            let ended = match feed.poll_newer(seen, &mut this.waiting, cx) {
+                Poll::Ready(Some(value)) => {
+                    this.take(&value);
+                    false
                 }
+                Poll::Ready(None) => true,
                 Poll::Pending => return Poll::Pending,
+            };
+            // The session ended; its `Ended` message makes the viewer close this socket.
+            if ended {
+                this.feed = None;
+                return Poll::Pending;
             }
         }
     }

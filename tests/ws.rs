@@ -23,6 +23,7 @@ async fn collect_frames(viewer: &mut Viewer, span: Duration) -> Vec<u32> {
             match received {
                 Received::Frame(frame, _) => seen.push(frame.i),
                 Received::Json(_) => {}
+                Received::Window(w) => panic!("a window in push mode: {:?}", w.indices),
                 Received::Closed(c) => panic!("closed: {c:?}"),
             }
         }
