@@ -22,6 +22,10 @@ use crate::session::DeliveryStats;
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often local delivery counts are added to the shared metrics.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Larger messages (look-ahead windows) go to the dispatcher in pieces of this size, each
+/// written out before the next, so a connection's write buffer stays at its initial 8 KiB
+/// instead of growing to, and keeping, the size of a whole window.
+const PIECE: usize = 8 * 1024;
 
 /// The link between a viewer actor and its socket writer. Both live on the same worker thread
 /// (actix-web runs a connection's handler and its response body on one), so it needs no lock:
@@ -112,6 +116,10 @@ pub struct Outlet {
     first: bool,
     /// Chunks of the current broadcast value still to write (state, catch-up, message).
     ready: VecDeque<Bytes>,
+    /// The unwritten rest of a message cut into pieces: nothing else may go out before it.
+    rest: Option<Bytes>,
+    /// Give the dispatcher a chance to write out the last piece before the next.
+    flush_first: bool,
     last_write: Instant,
     /// actix-ws's own response body, never polled: dropping it tells the message stream the
     /// connection is gone.
@@ -158,6 +166,8 @@ impl Outlet {
             epoch: 0,
             first: true,
             ready: VecDeque::with_capacity(3),
+            rest: None,
+            flush_first: false,
             last_write: Instant::now(),
             _socket: socket,
             done: false,
@@ -186,7 +196,12 @@ impl Outlet {
     fn take(&mut self, local: &LocalValue) {
         let value = &local.feed;
         let accounted = self.wire.progress.accounted.get();
-        if value.message.is_empty() || value.seq <= accounted {
+        if value.seq <= accounted {
+            return;
+        }
+        if value.message.is_empty() {
+            // Nothing published yet: there is nothing to write, nor any drop to count.
+            self.wire.progress.accounted.set(value.seq);
             return;
         }
         let now = Instant::now();
@@ -216,7 +231,14 @@ impl Outlet {
         self.ready.push_back(local.message.clone());
     }
 
-    fn write(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Box<dyn std::error::Error>>>> {
+    fn write(
+        &mut self,
+        mut chunk: Bytes,
+    ) -> Poll<Option<Result<Bytes, Box<dyn std::error::Error>>>> {
+        if chunk.len() > PIECE {
+            self.rest = Some(chunk.split_off(PIECE));
+            self.flush_first = true;
+        }
         let progress = &self.wire.progress;
         progress.written.set(progress.written.get() + 1);
         let now = Instant::now();
@@ -250,6 +272,16 @@ impl MessageBody for Outlet {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
+        if this.flush_first {
+            // Returning pending makes the dispatcher write out its buffer; the wake brings it
+            // straight back for the next piece.
+            this.flush_first = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Some(rest) = this.rest.take() {
+            return this.write(rest);
+        }
         if this.done {
             return Poll::Ready(None);
         }
