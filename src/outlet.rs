@@ -22,10 +22,12 @@ use crate::session::DeliveryStats;
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often local delivery counts are added to the shared metrics.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Larger messages (look-ahead windows) go to the dispatcher in pieces of this size, each
-/// written out before the next, so a connection's write buffer stays at its initial 8 KiB
-/// instead of growing to, and keeping, the size of a whole window.
-const PIECE: usize = 8 * 1024;
+/// Larger messages (long look-ahead windows) go to the dispatcher in pieces of this size, each
+/// written out before the next, so a connection's write buffer (which actix-http keeps at its
+/// largest size, up to 128 KiB) stays bounded. Smaller pieces would save more memory but cost
+/// a `send` each: with 8 KiB pieces a 1 s window took four, and look-ahead CPU per frame rose
+/// from 0.8 to 2.3 µs (BENCHMARKS.md). One second of frames (27 KB) goes whole.
+const PIECE: usize = 64 * 1024;
 
 /// The link between a viewer actor and its socket writer. Both live on the same worker thread
 /// (actix-web runs a connection's handler and its response body on one), so it needs no lock:
@@ -217,7 +219,12 @@ impl Outlet {
             tally
                 .latency
                 .observe(now.duration_since(value.published).as_secs_f64());
+            if now.duration_since(tally.flushed) > FLUSH_EVERY {
+                tally.flush();
+            }
         }
+        // Written now: the dispatcher takes the chunks at once. One clock read per value.
+        self.last_write = now;
         self.wire.progress.accounted.set(value.seq);
         if value.epoch > self.epoch {
             self.epoch = value.epoch;
@@ -241,13 +248,6 @@ impl Outlet {
         }
         let progress = &self.wire.progress;
         progress.written.set(progress.written.get() + 1);
-        let now = Instant::now();
-        self.last_write = now;
-        if let Some(tally) = &mut self.tally {
-            if now.duration_since(tally.flushed) > FLUSH_EVERY {
-                tally.flush();
-            }
-        }
         Poll::Ready(Some(Ok(chunk)))
     }
 }

@@ -237,3 +237,19 @@ async fn any_viewer_can_ask_for_the_server_clock() {
     viewer.send_json(json!({"cmd": "time"})).await;
     assert_eq!(viewer.next_of_type("error").await["code"], "bad_argument");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_window_goes_out_in_pieces_and_arrives_whole() {
+    // 5 s windows: the first covers 10 s, 250 frames, about 275 KB, written in 64 KiB pieces.
+    let hub = hub_with_window(5_000);
+    hub.create_session("long", true).await;
+    let mut viewer = Viewer::connect(&lookahead_url(&hub, "long", None)).await;
+    let window = viewer.next_window().await;
+    assert_eq!(window.indices.len(), 250);
+    assert!(consecutive(&window.indices, 1));
+    let carried: Vec<u32> = window.frames.iter().map(|f| f.i).collect();
+    assert_eq!(carried, window.indices);
+    // The socket carries on with whole messages after it.
+    viewer.send_json(json!({"cmd": "time", "t0": 1.0})).await;
+    assert_eq!(viewer.next_of_type("time").await["t0"], 1.0);
+}
