@@ -45,7 +45,11 @@ pub struct Feed {
     pub seq: u64,
     /// The timeline epoch the message belongs to.
     pub epoch: u64,
-    /// The epoch's state message, written before the first message of a newer epoch.
+    /// Grows with every state message the session makes. Usually with the epoch, but a replica
+    /// that adopts another's timeline of the same epoch (two replicas settling concurrent
+    /// commands) makes a new state without a new epoch, and its viewers must get it too.
+    pub state_version: u64,
+    /// The current state message, written before the first message of a newer state version.
     pub state: Bytes,
     /// The frame or window message; empty before the session has anything to send.
     pub message: Bytes,
@@ -64,6 +68,7 @@ impl Feed {
         Self {
             seq: 0,
             epoch: 0,
+            state_version: 0,
             state: Bytes::new(),
             message: Bytes::new(),
             frames: 0,
@@ -109,7 +114,7 @@ impl Broadcast {
     pub fn publish(
         &mut self,
         epoch: u64,
-        state: &Bytes,
+        (state_version, state): (u64, &Bytes),
         message: Bytes,
         frames: u32,
         catch_up: Option<Bytes>,
@@ -119,6 +124,7 @@ impl Broadcast {
         self.tx.send_replace(Arc::new(Feed {
             seq: self.seq,
             epoch,
+            state_version,
             state: state.clone(),
             message,
             frames,
@@ -152,9 +158,29 @@ pub struct LocalValue {
 /// copies each new message once, and wakes the writers of that thread that wait for it: the
 /// session wakes one task per thread, and each writer is woken by its own thread.
 pub struct LocalFeed {
+    id: u64,
     current: RefCell<LocalValue>,
     waiters: RefCell<Vec<Waker>>,
+    /// Grows each time `waiters` is emptied: a writer whose note matches is still listed.
+    generation: Cell<u64>,
     closed: Cell<bool>,
+    task: Cell<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for LocalFeed {
+    /// The last writer of this thread is gone: stop following the session now, not at its next
+    /// message (a paused session may send none for hours).
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = RELAYS.try_with(|r| {
+            let mut relays = r.borrow_mut();
+            if relays.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
+                relays.remove(&self.id);
+            }
+        });
+    }
 }
 
 thread_local! {
@@ -171,45 +197,38 @@ impl LocalFeed {
         let mut rx = handle.rx.clone();
         let feed = rx.borrow_and_update().clone();
         let relay = Rc::new(Self {
+            id: handle.id,
             current: RefCell::new(LocalValue {
                 message: Bytes::copy_from_slice(&feed.message),
                 feed,
             }),
             waiters: RefCell::new(Vec::new()),
+            generation: Cell::new(0),
             closed: Cell::new(false),
+            task: Cell::new(None),
         });
-        let id = handle.id;
-        RELAYS.with(|r| r.borrow_mut().insert(id, Rc::downgrade(&relay)));
+        RELAYS.with(|r| r.borrow_mut().insert(handle.id, Rc::downgrade(&relay)));
         let weak = Rc::downgrade(&relay);
-        tokio::task::spawn_local(async move {
-            let open = loop {
-                if rx.changed().await.is_err() {
-                    break false;
-                }
-                // The last writer of this thread is gone: so is the relay.
+        // The task holds no strong reference: the relay ends (and aborts it) with its last writer.
+        let task = tokio::task::spawn_local(async move {
+            while rx.changed().await.is_ok() {
                 let Some(relay) = weak.upgrade() else {
-                    break true;
+                    return;
                 };
                 let feed = rx.borrow_and_update().clone();
                 relay.publish(LocalValue {
                     message: Bytes::copy_from_slice(&feed.message),
                     feed,
                 });
-            };
-            if let Some(relay) = weak.upgrade() {
-                relay.closed.set(!open);
-                relay.wake_all();
             }
-            RELAYS.with(|r| {
-                let mut relays = r.borrow_mut();
-                if relays
-                    .get(&id)
-                    .is_some_and(|w| w.strong_count() == 0 || !open)
-                {
-                    relays.remove(&id);
-                }
-            });
+            // The session is gone: its writers learn it, and new ones will not find this relay.
+            if let Some(relay) = weak.upgrade() {
+                relay.closed.set(true);
+                relay.wake_all();
+                RELAYS.with(|r| r.borrow_mut().remove(&relay.id));
+            }
         });
+        relay.task.set(Some(task.abort_handle()));
         relay
     }
 
@@ -220,6 +239,7 @@ impl LocalFeed {
 
     fn wake_all(&self) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        self.generation.set(self.generation.get() + 1);
         for waker in waiters {
             waker.wake();
         }
@@ -230,7 +250,7 @@ impl LocalFeed {
     /// once the session is gone. `registered` is the writer's own note of the value
     /// it waits past, so it is listed once however often it is polled meanwhile.
     pub fn poll_newer(
-        &self,
+        self: &Rc<Self>,
         seen: u64,
         registered: &mut Option<u64>,
         cx: &mut Context<'_>,
@@ -243,10 +263,16 @@ impl LocalFeed {
         if self.closed.get() {
             return Poll::Ready(None);
         }
-        // Waiters are taken on every new value, so a note for this one means still listed.
-        if *registered != Some(seq) {
+        drop(current);
+        // Waiters are taken on every new value, so a note of this generation means still listed.
+        if *registered != Some(self.generation.get()) {
+            // Writers that went away while nothing was published left their wakers behind:
+            // past twice the writers still here, wake everyone and start a new list.
+            if self.waiters.borrow().len() >= 2 * Rc::strong_count(self) + 16 {
+                self.wake_all();
+            }
             self.waiters.borrow_mut().push(cx.waker().clone());
-            *registered = Some(seq);
+            *registered = Some(self.generation.get());
         }
         Poll::Pending
     }

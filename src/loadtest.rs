@@ -326,7 +326,11 @@ where
                 };
                 match value["type"].as_str() {
                     Some("hello") => state = Anchor::from_json(&value["state"]),
-                    Some("state") => state = Anchor::from_json(&value),
+                    // A new state starts over: its frames may go back (a seek).
+                    Some("state") => {
+                        state = Anchor::from_json(&value);
+                        last = None;
+                    }
                     Some("time") => {
                         let t1 = clock.ms_at(received);
                         if let (Some(t0), Some(server)) =
@@ -376,7 +380,8 @@ where
                 for i in indices {
                     // When this viewer shows frame i, on its own clock.
                     let shown = anchor.shown_ms(i) - offset;
-                    if shown < arrived_ms {
+                    // A paused window's one frame is shown from the pause on: never late.
+                    if anchor.playing && shown < arrived_ms {
                         counters.late.fetch_add(1, Ordering::Relaxed);
                     }
                     let since_start = (shown - start_ms) * 1000.0;

@@ -66,7 +66,8 @@ impl Wire {
     }
 
     fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
             waker.wake();
         }
     }
@@ -91,8 +92,9 @@ pub enum Out {
 pub struct Subscription {
     pub feed: FeedHandle,
     pub stats: Arc<DeliveryStats>,
-    /// The epoch of the state the viewer's hello carried: its state message is not repeated.
-    pub epoch: u64,
+    /// The state the viewer's hello carried (see [`crate::feed::Feed::state_version`]): it is
+    /// not repeated.
+    pub state_version: u64,
 }
 
 /// What the writer has done, read by its viewer actor on the same thread (no lock: a viewer
@@ -113,7 +115,8 @@ pub struct Outlet {
     /// The broadcast seq this writer is listed as waiting past (see [`LocalFeed::poll_newer`]).
     waiting: Option<u64>,
     tally: Option<Tally>,
-    epoch: u64,
+    /// The state version last written: a value with a newer one brings its state first.
+    state_version: u64,
     /// No broadcast value written yet: a look-ahead window's catch-up goes first.
     first: bool,
     /// Chunks of the current broadcast value still to write (state, catch-up, message).
@@ -165,7 +168,7 @@ impl Outlet {
             feed: None,
             waiting: None,
             tally: None,
-            epoch: 0,
+            state_version: 0,
             first: true,
             ready: VecDeque::with_capacity(3),
             rest: None,
@@ -178,9 +181,11 @@ impl Outlet {
 
     fn subscribe(&mut self, sub: Subscription) {
         let seq = sub.feed.rx.borrow().seq;
-        // The current value is the viewer's first, not a drop.
-        self.wire.progress.accounted.set(seq.saturating_sub(1));
-        self.epoch = sub.epoch;
+        // The current value is the viewer's first, not a drop (the viewer set the same when it
+        // joined; values since then were not dropped either).
+        let accounted = &self.wire.progress.accounted;
+        accounted.set(accounted.get().max(seq.saturating_sub(1)));
+        self.state_version = sub.state_version;
         self.tally = Some(Tally {
             latency: sub.stats.metrics().send_latency.local(),
             stats: sub.stats,
@@ -226,8 +231,8 @@ impl Outlet {
         // Written now: the dispatcher takes the chunks at once. One clock read per value.
         self.last_write = now;
         self.wire.progress.accounted.set(value.seq);
-        if value.epoch > self.epoch {
-            self.epoch = value.epoch;
+        if value.state_version > self.state_version {
+            self.state_version = value.state_version;
             self.ready.push_back(value.state.clone());
         }
         if std::mem::take(&mut self.first) {

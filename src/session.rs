@@ -137,7 +137,7 @@ impl Timeline {
 
     /// When display slot `slot` begins.
     pub fn slot_start(&self, slot: u64) -> Instant {
-        self.anchor_at + TICK * slot as u32
+        self.anchor_at + Duration::from_micros(slot.saturating_mul(TICK.as_micros() as u64))
     }
 
     /// The frame shown during display slot `slot`: at speed s each slot advances s frames.
@@ -441,6 +441,8 @@ pub struct Joined {
     pub state: PlayState,
     pub stats: Arc<DeliveryStats>,
     pub feed: FeedHandle,
+    /// The version of `state`, so the writer does not repeat it.
+    pub state_version: u64,
     /// The look-ahead window length, for look-ahead viewers.
     pub window: Option<Duration>,
 }
@@ -523,8 +525,10 @@ pub struct Session {
     id: Arc<str>,
     race: Arc<EncodedRace>,
     timeline: Timeline,
-    /// The current epoch's state message, framed for the wire.
+    /// The current state message, framed for the wire, and its version (see
+    /// [`crate::feed::Feed::state_version`]).
     state_frame: Bytes,
+    state_version: u64,
     push: Broadcast,
     /// The (epoch, frame) last pushed.
     pushed: Option<(u64, u32)>,
@@ -555,6 +559,7 @@ impl Session {
             sync: None,
             id: Arc::from(id),
             state_frame: ws_text(state_message(&timeline.state(now))),
+            state_version: 1,
             push: Broadcast::new(),
             pushed: None,
             lookahead: Broadcast::new(),
@@ -680,6 +685,9 @@ impl Session {
     /// A new epoch: a new state message, and look-ahead windows restart from the present.
     fn state_changed(&mut self, now: Instant) {
         self.state_frame = ws_text(state_message(&self.timeline.state(now)));
+        self.state_version += 1;
+        // Push the current frame again, with the new state, even if its index did not change.
+        self.pushed = None;
         self.windows = Windows::default();
     }
 
@@ -706,8 +714,9 @@ impl Session {
             return;
         };
         self.pushed = Some((epoch, index));
+        let state = (self.state_version, &self.state_frame);
         self.push
-            .publish(epoch, &self.state_frame, ws_binary(bytes), 1, None, now);
+            .publish(epoch, state, ws_binary(bytes), 1, None, now);
     }
 
     /// Sends the windows due by `now`: in a new epoch, the present and the next window length
@@ -718,7 +727,7 @@ impl Session {
         let slots = (self.window.as_micros() / TICK.as_micros()).max(1) as u64;
         let present = self.timeline.slot_at(now);
         // Restart in a new epoch, or when nobody listened for a while and the schedule fell behind.
-        let behind = self.timeline.playing() && self.windows.next_slot < present;
+        let behind = self.timeline.playing() && self.windows.next_slot <= present;
         if self.windows.epoch != epoch || behind {
             self.windows = Windows {
                 epoch,
@@ -767,7 +776,7 @@ impl Session {
         let catch_up = self.windows.last.replace(message.clone());
         self.lookahead.publish(
             epoch,
-            &self.state_frame,
+            (self.state_version, &self.state_frame),
             message,
             indices.len() as u32,
             catch_up,
@@ -809,6 +818,7 @@ impl Session {
             state: self.timeline.state(now),
             stats: self.stats.clone(),
             feed,
+            state_version: self.state_version,
             window,
         })
     }

@@ -130,11 +130,14 @@ impl Viewer {
             stats: joined.stats.clone(),
             feed: joined.feed.rx.clone(),
         });
+        // What is published from now on is this viewer's to get (or to count as dropped).
+        let seq = joined.feed.rx.borrow().seq;
+        self.wire.progress.accounted.set(seq.saturating_sub(1));
         self.queue(ws_text(hello), ctx);
         let subscribe = Out::Subscribe(Subscription {
             feed: joined.feed,
             stats: joined.stats,
-            epoch: joined.state.epoch,
+            state_version: joined.state_version,
         });
         self.wire.send(subscribe);
     }
@@ -283,6 +286,9 @@ impl Viewer {
 
     /// Closes with `code`: the close frame overtakes whatever is still queued for the socket.
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
         self.gone = match code {
             close_code::STALLED => Disconnect::Stalled,
             close_code::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
@@ -293,9 +299,8 @@ impl Viewer {
             1013 => Disconnect::SessionFull,
             _ => Disconnect::Client,
         };
-        if !std::mem::replace(&mut self.closing, true) {
-            self.wire.close(close_frame(code, reason));
-        }
+        self.closing = true;
+        self.wire.close(close_frame(code, reason));
         ctx.stop();
     }
 }
