@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    eventually, redis_cache, HubProcess, Prefix, PrivateRedis, Received, TestHub, Viewer, REDIS_URL,
+    eventually, redis_cache, redis_conn, HubProcess, Prefix, PrivateRedis, Received, TestHub,
+    Viewer, REDIS_URL,
 };
 use futures_util::StreamExt;
 use replay_hub::config::Config;
@@ -64,6 +65,69 @@ async fn viewers_on_two_replicas_see_the_same_frame() {
         }
     }
     assert!(compared > 40, "compared {compared} frames");
+}
+
+/// Two replicas settling concurrent commands: the one whose command lost adopts the stored
+/// timeline of the same epoch, and its viewers must still be told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_adopted_at_the_same_epoch_reaches_viewers_as_a_state() {
+    let prefix = Prefix::new("replicas-same-epoch");
+    let hub = TestHub::start_with(replica(REDIS_URL, &prefix.0));
+    hub.create_session("tie", true).await;
+    for mode in ["", "?mode=lookahead"] {
+        let mut viewer = Viewer::connect(&format!("{}{mode}", hub.ws_url("tie", None))).await;
+        let epoch = viewer.hello["state"]["epoch"].as_u64().unwrap();
+        // What another replica's winning command of the same epoch would have stored.
+        let key = format!("{}:v1:session:tie", prefix.0);
+        let mut redis = redis_conn(REDIS_URL);
+        let stored: String = redis::cmd("GET").arg(&key).query(&mut redis).unwrap();
+        let mut record: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        let target = 3000 + epoch as u32; // a different anchor on each pass
+        record["timeline"]["anchor_frame"] = json!(target);
+        record["timeline"]["playing"] = json!(false);
+        assert_eq!(record["timeline"]["epoch"], epoch);
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(record.to_string())
+            .query(&mut redis)
+            .unwrap();
+        let announcement = json!({"id": "tie", "record": record});
+        let _: () = redis::cmd("PUBLISH")
+            .arg(format!("{}:v1:sessions", prefix.0))
+            .arg(announcement.to_string())
+            .query(&mut redis)
+            .unwrap();
+        let state = viewer.next_of_type("state").await;
+        assert_eq!(state["epoch"], epoch, "same epoch, new state: {state}");
+        assert_eq!(state["anchor_frame"], target);
+        assert_eq!(state["playing"], false);
+        let shown = match viewer.next().await {
+            Received::Frame(frame, _) => vec![frame.i],
+            Received::Window(window) => window.indices,
+            other => panic!("expected frames after the state, got {other:?}"),
+        };
+        assert_eq!(
+            shown,
+            vec![target],
+            "{mode}: the adopted frame follows its state"
+        );
+        // Playing again for the next pass.
+        record["timeline"]["playing"] = json!(true);
+        record["timeline"]["epoch"] = json!(epoch + 1);
+        let announcement = json!({"id": "tie", "record": record});
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(record.to_string())
+            .query(&mut redis)
+            .unwrap();
+        let _: () = redis::cmd("PUBLISH")
+            .arg(format!("{}:v1:sessions", prefix.0))
+            .arg(announcement.to_string())
+            .query(&mut redis)
+            .unwrap();
+        let state = viewer.next_of_type("state").await;
+        assert_eq!(state["epoch"], epoch + 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
