@@ -31,10 +31,6 @@ ulimit -n 20000 || { echo "cannot raise the open-file limit to 20000" >&2; exit 
 
 cargo build --release --locked --bin replay-hub --example floor
 
-if [[ " $TARGETS " == *" hub-lookahead "* ]] && ! "$BIN" loadtest --help | grep -q -- '--mode'; then
-  echo "hub-lookahead needs 'replay-hub loadtest --mode'; run with TARGETS without it" >&2
-  exit 1
-fi
 if [[ " $TARGETS " == *" node "* ]] && [[ ! -d bench/peers/node/node_modules ]]; then
   (cd bench/peers/node && npm ci --no-audit --no-fund) >&2
 fi
