@@ -161,6 +161,7 @@ pub struct LocalFeed {
     id: u64,
     current: RefCell<LocalValue>,
     waiters: RefCell<Vec<Waker>>,
+    spare: Cell<Vec<Waker>>,
     /// Grows each time `waiters` is emptied: a writer whose note matches is still listed.
     generation: Cell<u64>,
     closed: Cell<bool>,
@@ -203,6 +204,7 @@ impl LocalFeed {
                 feed,
             }),
             waiters: RefCell::new(Vec::new()),
+            spare: Cell::new(Vec::new()),
             generation: Cell::new(0),
             closed: Cell::new(false),
             task: Cell::new(None),
@@ -238,11 +240,14 @@ impl LocalFeed {
     }
 
     fn wake_all(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        // Swap in the spare list so neither list's memory is given up: no allocation per frame.
+        let mut batch = self.spare.take();
+        std::mem::swap(&mut batch, &mut *self.waiters.borrow_mut());
         self.generation.set(self.generation.get() + 1);
-        for waker in waiters {
+        for waker in batch.drain(..) {
             waker.wake();
         }
+        self.spare.set(batch);
     }
 
     /// The current value if its `seq` is past `seen` (borrowed: writers take the few parts they
