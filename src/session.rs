@@ -1,8 +1,8 @@
 //! The session actor: one shared playback timeline over a race, ticking at 25 FPS.
 //!
-//! The hub starts one per session; viewer actors join it, send it control commands and receive
-//! its frames. Each tick derives the current frame from the clock and offers each viewer the
-//! shared encoded bytes with `try_send`, so a full viewer mailbox costs a drop, never memory.
+//! The hub starts one per session; viewer actors join it and send it control commands. Each tick
+//! derives the current frame from the clock and publishes it, framed once, on the session's
+//! broadcast ([`crate::feed`]), plus look-ahead windows when due; frames never queue per viewer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -492,8 +492,8 @@ pub struct End {
     pub reason: String,
 }
 
-/// Frames no longer go through viewer mailboxes (see [`crate::feed`]): a viewer is kept only to
-/// be told when the session ends.
+/// A joined viewer. Frames do not go through viewer mailboxes (see [`crate::feed`]): the
+/// session keeps viewers to count them and to tell them when it ends.
 struct Subscriber {
     ended: Recipient<Ended>,
 }

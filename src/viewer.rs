@@ -1,8 +1,9 @@
 //! The viewer actor: one per WebSocket connection, between a session actor and the socket.
 //!
-//! It joins the session, hands its socket writer ([`Outlet`]) the session's broadcast to follow,
-//! parses the client's commands, answers pings and time requests, and closes the socket with a
-//! documented code when something is wrong. Frames never pass through it: see [`crate::feed`].
+//! It joins the session, hands its socket writer ([`crate::outlet::Outlet`]) the session's
+//! broadcast to follow, parses the client's commands, answers pings and time requests, and closes
+//! the socket with a documented code when something is wrong. Frames never pass through it: see
+//! [`crate::feed`].
 
 use std::num::NonZeroU32;
 use std::rc::Rc;
