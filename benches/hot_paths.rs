@@ -106,14 +106,7 @@ fn fan_out(c: &mut Criterion) {
                     for _ in 0..iters {
                         index = (index + 1) % race.total_frames();
                         let frame = race.frame(index).expect("index in range");
-                        broadcast.publish(
-                            1,
-                            (1, &state),
-                            ws_binary(frame),
-                            1,
-                            None,
-                            Instant::now(),
-                        );
+                        broadcast.publish((1, &state), ws_binary(frame), 1, None, Instant::now());
                         // Let the relay take the new value, as the worker's scheduler would.
                         tokio::task::yield_now().await;
                         let mut bytes = 0;

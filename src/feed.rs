@@ -43,8 +43,6 @@ impl Mode {
 pub struct Feed {
     /// Grows by one per new value, so a writer can count what it skipped.
     pub seq: u64,
-    /// The timeline epoch the message belongs to.
-    pub epoch: u64,
     /// Grows with every state message the session makes. Usually with the epoch, but a replica
     /// that adopts another's timeline of the same epoch (two replicas settling concurrent
     /// commands) makes a new state without a new epoch, and its viewers must get it too.
@@ -67,7 +65,6 @@ impl Feed {
     pub fn empty() -> Self {
         Self {
             seq: 0,
-            epoch: 0,
             state_version: 0,
             state: Bytes::new(),
             message: Bytes::new(),
@@ -113,7 +110,6 @@ impl Broadcast {
     /// per session, whatever the number of viewers.
     pub fn publish(
         &mut self,
-        epoch: u64,
         (state_version, state): (u64, &Bytes),
         message: Bytes,
         frames: u32,
@@ -123,7 +119,6 @@ impl Broadcast {
         self.seq += 1;
         self.tx.send_replace(Arc::new(Feed {
             seq: self.seq,
-            epoch,
             state_version,
             state: state.clone(),
             message,

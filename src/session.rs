@@ -715,8 +715,7 @@ impl Session {
         };
         self.pushed = Some((epoch, index));
         let state = (self.state_version, &self.state_frame);
-        self.push
-            .publish(epoch, state, ws_binary(bytes), 1, None, now);
+        self.push.publish(state, ws_binary(bytes), 1, None, now);
     }
 
     /// Sends the windows due by `now`: in a new epoch, the present and the next window length
@@ -775,7 +774,6 @@ impl Session {
         let message = ws_binary(window_message(&self.race, epoch, indices));
         let catch_up = self.windows.last.replace(message.clone());
         self.lookahead.publish(
-            epoch,
             (self.state_version, &self.state_frame),
             message,
             indices.len() as u32,

@@ -36,7 +36,7 @@ pub mod close_code {
 
 /// Messages a viewer's socket writer may hold (hello, state, replies, pings) before the client
 /// is considered abusive: it sends but does not read.
-pub const MAX_OUTBOX: usize = 64;
+const MAX_OUTBOX: usize = 64;
 
 /// Limits a viewer enforces, taken from the config.
 #[derive(Debug, Clone)]

@@ -74,11 +74,26 @@ async fn a_timeline_adopted_at_the_same_epoch_reaches_viewers_as_a_state() {
     let prefix = Prefix::new("replicas-same-epoch");
     let hub = TestHub::start_with(replica(REDIS_URL, &prefix.0));
     hub.create_session("tie", true).await;
+    let key = format!("{}:v1:session:tie", prefix.0);
+    // What another replica does when its command wins: store the record, announce it.
+    let store_and_announce = |redis: &mut redis::Connection, record: &serde_json::Value| {
+        let announcement = json!({"id": "tie", "record": record});
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(record.to_string())
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(format!("{}:v1:sessions", prefix.0))
+            .arg(announcement.to_string())
+            .ignore()
+            .query(redis)
+            .unwrap();
+    };
     for mode in ["", "?mode=lookahead"] {
         let mut viewer = Viewer::connect(&format!("{}{mode}", hub.ws_url("tie", None))).await;
         let epoch = viewer.hello["state"]["epoch"].as_u64().unwrap();
         // What another replica's winning command of the same epoch would have stored.
-        let key = format!("{}:v1:session:tie", prefix.0);
         let mut redis = redis_conn(REDIS_URL);
         let stored: String = redis::cmd("GET").arg(&key).query(&mut redis).unwrap();
         let mut record: serde_json::Value = serde_json::from_str(&stored).unwrap();
@@ -86,17 +101,7 @@ async fn a_timeline_adopted_at_the_same_epoch_reaches_viewers_as_a_state() {
         record["timeline"]["anchor_frame"] = json!(target);
         record["timeline"]["playing"] = json!(false);
         assert_eq!(record["timeline"]["epoch"], epoch);
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(record.to_string())
-            .query(&mut redis)
-            .unwrap();
-        let announcement = json!({"id": "tie", "record": record});
-        let _: () = redis::cmd("PUBLISH")
-            .arg(format!("{}:v1:sessions", prefix.0))
-            .arg(announcement.to_string())
-            .query(&mut redis)
-            .unwrap();
+        store_and_announce(&mut redis, &record);
         let state = viewer.next_of_type("state").await;
         assert_eq!(state["epoch"], epoch, "same epoch, new state: {state}");
         assert_eq!(state["anchor_frame"], target);
@@ -114,17 +119,7 @@ async fn a_timeline_adopted_at_the_same_epoch_reaches_viewers_as_a_state() {
         // Playing again for the next pass.
         record["timeline"]["playing"] = json!(true);
         record["timeline"]["epoch"] = json!(epoch + 1);
-        let announcement = json!({"id": "tie", "record": record});
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(record.to_string())
-            .query(&mut redis)
-            .unwrap();
-        let _: () = redis::cmd("PUBLISH")
-            .arg(format!("{}:v1:sessions", prefix.0))
-            .arg(announcement.to_string())
-            .query(&mut redis)
-            .unwrap();
+        store_and_announce(&mut redis, &record);
         let state = viewer.next_of_type("state").await;
         assert_eq!(state["epoch"], epoch + 1);
     }
