@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::http::header::{self, EntityTag, IfNoneMatch};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -19,6 +19,7 @@ use crate::broker::{token_hash, Broker};
 use crate::cache::RaceCache;
 use crate::error::ApiError;
 use crate::feed::Mode;
+use crate::frame_guard::{self, FrameGuard};
 use crate::hub::{
     random_token, valid_id, CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub,
     ImportRace, ListRaces, ListSessions, LoadRace,
@@ -379,6 +380,12 @@ async fn websocket(
         .is_some_and(|t| same_secret(&token_hash(t), &token_sha256));
     // actix-ws does the handshake and parses what the client sends; what the hub sends goes
     // through its own writer, which writes bytes framed once per session instead of per viewer.
+    // Frame headers are checked as bytes arrive, before actix-ws buffers a frame's payload.
+    let verdict = frame_guard::Verdict::default();
+    let guarded = FrameGuard::new(body.into_inner(), state.max_message_bytes, verdict.clone());
+    let mut guarded =
+        actix_web::dev::Payload::from(Box::pin(guarded) as actix_http::BoxedPayloadStream);
+    let body = web::Payload::from_request(&req, &mut guarded).await?;
     let (response, _, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
@@ -393,6 +400,7 @@ async fn websocket(
         state.viewer_limits.clone(),
         stream,
         wire.clone(),
+        verdict,
     );
     Ok(response
         .map_body(|_, body| Outlet::new(wire, body))

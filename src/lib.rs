@@ -11,6 +11,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod feed;
+pub mod frame_guard;
 pub mod hub;
 pub mod loadtest;
 pub mod metrics;

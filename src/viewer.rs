@@ -22,6 +22,7 @@ use crate::encode::{
     error_message, hello_message, time_message, ws_message, ws_text, EncodedRace, Hello,
 };
 use crate::feed::{Feed, Mode};
+use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
 use crate::outlet::{Out, Subscription, Wire};
 use crate::session::{Control, DeliveryStats, Ended, Join, Joined, Leave, Request, Session};
@@ -70,6 +71,8 @@ pub struct Viewer {
     stuck_since: Option<Instant>,
     last_heard: Instant,
     limiter: DefaultDirectRateLimiter,
+    /// What the connection's [`crate::frame_guard::FrameGuard`] refused, if it stopped the stream.
+    verdict: Verdict,
 }
 
 struct JoinedState {
@@ -89,6 +92,7 @@ impl Viewer {
         limits: ViewerLimits,
         stream: AggregatedMessageStream,
         wire: Rc<Wire>,
+        verdict: Verdict,
     ) -> Addr<Self> {
         let limiter = RateLimiter::direct(Quota::per_second(limits.commands_per_second));
         Viewer {
@@ -108,6 +112,7 @@ impl Viewer {
             stuck_since: None,
             last_heard: Instant::now(),
             limiter,
+            verdict,
         }
         .start()
     }
@@ -294,7 +299,7 @@ impl Viewer {
             close_code::STALLED => Disconnect::Stalled,
             close_code::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
             1001 => Disconnect::SessionEnded,
-            1002 => Disconnect::Protocol,
+            1002 | 1007 => Disconnect::Protocol,
             1008 => Disconnect::Policy,
             1009 => Disconnect::TooBig,
             1013 => Disconnect::SessionFull,
@@ -361,11 +366,31 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Viewe
             Err(actix_ws::ProtocolError::Overflow) => {
                 self.close(CloseCode::Size.into(), "message too big", ctx)
             }
-            // The connection itself failed: the client is gone, there is no one to tell.
-            Err(actix_ws::ProtocolError::Io(_)) => ctx.stop(),
+            Err(actix_ws::ProtocolError::Io(err)) => {
+                if let Some(violation) = self.verdict.take() {
+                    self.close(violation.close_code(), &violation.reason(), ctx);
+                } else if err.kind() != std::io::ErrorKind::InvalidData {
+                    // The connection itself failed: the client is gone, there is no one to tell.
+                    ctx.stop();
+                } else if is_utf8_error(&err) {
+                    self.close(
+                        CloseCode::Invalid.into(),
+                        "text message is not valid UTF-8",
+                        ctx,
+                    );
+                } else {
+                    self.close(CloseCode::Protocol.into(), &err.to_string(), ctx);
+                }
+            }
             Err(err) => self.close(CloseCode::Protocol.into(), &err.to_string(), ctx),
         }
     }
+}
+
+/// True for actix-ws's error for a text message that is not UTF-8.
+fn is_utf8_error(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<std::str::Utf8Error>().is_some())
 }
 
 /// An encoded server close frame (unmasked), ready to write after whatever the socket holds.

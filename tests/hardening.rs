@@ -1,0 +1,161 @@
+//! What hostile clients, files and cache or broker entries send: each is answered with its
+//! documented error, and the hub keeps serving everyone else.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A WebSocket client that writes raw frames, for what well-behaved client libraries refuse
+/// to send.
+struct RawWs {
+    stream: TcpStream,
+}
+
+impl RawWs {
+    async fn connect(hub: &TestHub, path: &str) -> Self {
+        let mut stream = TcpStream::connect(hub.addr).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            hub.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Self { stream }
+    }
+
+    /// A masked client frame: `first` is FIN/RSV/opcode, `declared` the length in the header
+    /// (which may exceed the payload sent with it).
+    fn frame(first: u8, declared: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        match declared {
+            0..=125 => out.push(0x80 | declared as u8),
+            126..=0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(declared as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&declared.to_be_bytes());
+            }
+        }
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads the server's frames until its close frame; its code, or None if the connection
+    /// ended without one. Panics if nothing ends within the test's patience.
+    async fn close_code(&mut self) -> Option<u16> {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let mut head = [0u8; 2];
+                if self.stream.read_exact(&mut head).await.is_err() {
+                    return None;
+                }
+                let len = match head[1] & 0x7f {
+                    126 => u64::from(self.stream.read_u16().await.ok()?),
+                    127 => self.stream.read_u64().await.ok()?,
+                    n => u64::from(n),
+                };
+                let mut payload = vec![0u8; len as usize];
+                self.stream.read_exact(&mut payload).await.ok()?;
+                if head[0] & 0x0f == 0x8 {
+                    return Some(u16::from_be_bytes([payload[0], payload[1]]));
+                }
+            }
+        })
+        .await
+        .expect("the server closes in time")
+    }
+}
+
+async fn metric(hub: &TestHub, line_start: &str) -> f64 {
+    let text = hub.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_header_claiming_256_mib_is_refused_before_its_payload() {
+    let hub = TestHub::start();
+    let mut healthy = Viewer::connect(&hub.ws_url("demo", None)).await;
+    let mut raw = RawWs::connect(&hub, "/ws/sessions/demo").await;
+    // The header and the first 64 KiB of a 256 MiB binary frame: the rest never comes.
+    let mut bytes = RawWs::frame(0x82, 256 << 20, &[]);
+    bytes.extend(vec![0u8; 64 << 10]);
+    raw.send(&bytes).await;
+    assert_eq!(
+        raw.close_code().await,
+        Some(1009),
+        "closed as too big from the header, without waiting for 256 MiB"
+    );
+    // Everyone else plays on, and the close is counted for what it was.
+    let before = healthy.next_frame().await.i;
+    let after = healthy.next_frame().await.i;
+    assert!(after > before, "the demo plays on: {before} then {after}");
+    let too_big = metric(
+        &hub,
+        "replay_hub_ws_disconnects_total{reason=\"message_too_big\"}",
+    )
+    .await;
+    assert_eq!(too_big, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_get_their_close_codes_and_are_counted() {
+    let hub = TestHub::start();
+    // Reserved bits set: 1002.
+    let mut raw = RawWs::connect(&hub, "/ws/sessions/demo").await;
+    raw.send(&RawWs::frame(0xc1, 2, b"{}")).await;
+    assert_eq!(raw.close_code().await, Some(1002), "RSV1 set");
+    // A text message that is not UTF-8: 1007.
+    let mut raw = RawWs::connect(&hub, "/ws/sessions/demo").await;
+    raw.send(&RawWs::frame(0x81, 4, &[0xff, 0xfe, 0x7b, 0x7d]))
+        .await;
+    assert_eq!(raw.close_code().await, Some(1007), "invalid UTF-8");
+    // Fragments that add up to more than the 4 KiB limit, each under it: 1009.
+    let mut raw = RawWs::connect(&hub, "/ws/sessions/demo").await;
+    let part = vec![b' '; 3000];
+    let mut bytes = RawWs::frame(0x01, 3000, &part);
+    bytes.extend(RawWs::frame(0x80, 3000, &part));
+    raw.send(&bytes).await;
+    assert_eq!(
+        raw.close_code().await,
+        Some(1009),
+        "fragments over the limit"
+    );
+    eventually("the disconnects counted", || async {
+        let protocol = metric(
+            &hub,
+            "replay_hub_ws_disconnects_total{reason=\"protocol_error\"}",
+        )
+        .await;
+        let too_big = metric(
+            &hub,
+            "replay_hub_ws_disconnects_total{reason=\"message_too_big\"}",
+        )
+        .await;
+        (protocol == 2.0 && too_big == 1.0).then_some(())
+    })
+    .await;
+    // The hub still serves.
+    let mut viewer = Viewer::connect(&hub.ws_url("demo", None)).await;
+    viewer.next_frame().await;
+}
