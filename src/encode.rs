@@ -21,6 +21,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// cache ever serves bytes of an older encoding.
 pub const ENCODING_VERSION: u32 = 1;
 
+/// Frames whose room is reserved on the word of a race's metadata alone.
+const PREALLOC_FRAMES: usize = 10_000;
+/// Most bytes reserved up front on a size hint.
+const MAX_PREALLOC_BYTES: u64 = 1 << 30;
+
 /// A race's metadata plus every frame already encoded for the wire, shared by all sessions that
 /// play it: one copy in memory however many sessions and viewers use it.
 #[derive(Debug)]
@@ -37,17 +42,37 @@ impl EncodedRace {
         meta: RaceMeta,
         frames: impl IntoIterator<Item = Result<Frame, E>>,
     ) -> Result<Self, E> {
-        let mut buf = BytesMut::with_capacity(meta.total_frames as usize * 1400);
-        let mut offsets = Vec::with_capacity(meta.total_frames as usize + 1);
+        Self::build_sized(meta, frames, 0)
+    }
+
+    /// As [`EncodedRace::build`], reserving about `size_hint` bytes up front (a race file's
+    /// length is a good hint). The frame count in `meta` comes from outside, so what is reserved
+    /// from it alone is capped; the buffer grows as real frames arrive, and is trimmed at the end
+    /// if it grew well past what they need.
+    pub fn build_sized<E>(
+        meta: RaceMeta,
+        frames: impl IntoIterator<Item = Result<Frame, E>>,
+        size_hint: u64,
+    ) -> Result<Self, E> {
+        let claimed = (meta.total_frames as usize).min(PREALLOC_FRAMES);
+        let reserve = (claimed * 1400).max(size_hint.min(MAX_PREALLOC_BYTES) as usize);
+        let mut buf = BytesMut::with_capacity(reserve);
+        let mut offsets = Vec::with_capacity(claimed + 1);
         offsets.push(0);
         for (index, frame) in frames.into_iter().enumerate() {
             let frame = frame?;
             encode_frame(index as u32, &frame, &mut buf);
             offsets.push(buf.len() as u32);
         }
+        offsets.shrink_to_fit();
+        let buf = if buf.capacity() > buf.len() + buf.len() / 8 + (1 << 20) {
+            Bytes::copy_from_slice(&buf)
+        } else {
+            buf.freeze()
+        };
         Ok(Self {
             meta: Arc::new(meta),
-            buf: buf.freeze(),
+            buf,
             offsets,
         })
     }

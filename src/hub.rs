@@ -109,9 +109,11 @@ pub struct RaceSummary {
 /// Reads and encodes a race file: blocking, run on the blocking pool.
 pub fn load_race_file(path: &Path) -> Result<EncodedRace, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The wire encoding is a little larger than the file's (frames carry their field names).
+    let size_hint = file.metadata().map_or(0, |m| m.len() + m.len() / 16);
     let reader = RaceReader::new(BufReader::new(file)).map_err(|e| e.to_string())?;
     let meta = reader.meta().clone();
-    EncodedRace::build(meta, reader).map_err(|e| e.to_string())
+    EncodedRace::build_sized(meta, reader, size_hint).map_err(|e| e.to_string())
 }
 
 /// The load path: the cache first (when it holds this race for this file and encoding), then

@@ -159,3 +159,58 @@ async fn protocol_errors_get_their_close_codes_and_are_counted() {
     let mut viewer = Viewer::connect(&hub.ws_url("demo", None)).await;
     viewer.next_frame().await;
 }
+
+/// The test race's header and metadata, claiming `total_frames`, followed by no frame at all.
+fn race_claiming(id: &str, total_frames: u32) -> Vec<u8> {
+    use replay_hub::race::{read_meta, FORMAT_VERSION};
+    let file = std::fs::File::open(race_file()).unwrap();
+    let mut meta = read_meta(std::io::BufReader::new(file)).unwrap();
+    meta.id = id.into();
+    meta.total_frames = total_frames;
+    let meta_bytes = rmp_serde::to_vec(&meta).unwrap();
+    let mut bytes = b"F1REPLAY".to_vec();
+    bytes.extend(FORMAT_VERSION.to_be_bytes());
+    bytes.extend((meta_bytes.len() as u32).to_be_bytes());
+    bytes.extend(meta_bytes);
+    bytes.push(0xdd);
+    bytes.extend(total_frames.to_be_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn race_files_claiming_absurd_frame_counts_are_refused() {
+    // One such file already in the data directory: the hub starts and does not list it.
+    let hub = TestHub::start_with(|c| {
+        std::fs::write(
+            c.data_dir.join("boot.race"),
+            race_claiming("boot", 1_000_000_000),
+        )
+        .unwrap();
+    });
+    let races: serde_json::Value = hub.get("/api/races").await.json().await.unwrap();
+    let ids: Vec<&str> = races
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["test-race"]);
+    for (id, claimed) in [("huge", 1_000_000_000), ("empty", 0)] {
+        let response = hub
+            .http()
+            .put(hub.url(&format!("/api/races/{id}")))
+            .bearer_auth(&hub.admin_token)
+            .body(race_claiming(id, claimed))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{id}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("total_frames"), "{message}");
+    }
+    assert_eq!(hub.get("/api/races/huge").await.status(), 404);
+    let mut viewer = Viewer::connect(&hub.ws_url("demo", None)).await;
+    viewer.next_frame().await;
+}

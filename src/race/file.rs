@@ -2,7 +2,7 @@
 //! The server lists races with [`read_meta`] and streams frames with [`RaceReader`]; the
 //! generator CLI and exporters write files with [`write_race`]. Layout: docs/RACE_FORMAT.md.
 
-use super::model::{Frame, RaceMeta, DRIVER_FIELDS, FPS};
+use super::model::{Frame, RaceMeta, DRIVER_FIELDS, FPS, MAX_TOTAL_FRAMES};
 use serde::Deserialize;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
@@ -139,6 +139,12 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
     }
     if meta.total_laps == 0 {
         return Err("total_laps is 0".into());
+    }
+    if !(1..=MAX_TOTAL_FRAMES).contains(&meta.total_frames) {
+        return Err(format!(
+            "total_frames is {}, must be 1 to {MAX_TOTAL_FRAMES}",
+            meta.total_frames
+        ));
     }
     if meta.drivers.is_empty() || meta.drivers.len() > 255 {
         return Err(format!(
@@ -543,6 +549,46 @@ mod tests {
     fn frames_offset(bytes: &[u8]) -> usize {
         let meta_len = u32::from_be_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]);
         HEADER_LEN + meta_len as usize + 5
+    }
+
+    /// A file whose header claims `total_frames` but that holds no frame at all.
+    fn claiming(total_frames: u32) -> Vec<u8> {
+        let (meta, _, _) = sample();
+        let meta = RaceMeta {
+            total_frames,
+            ..meta.clone()
+        };
+        let meta_bytes = rmp_serde::to_vec(&meta).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(FORMAT_VERSION.to_be_bytes());
+        bytes.extend((meta_bytes.len() as u32).to_be_bytes());
+        bytes.extend(meta_bytes);
+        bytes.push(ARRAY32);
+        bytes.extend(total_frames.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn frame_counts_are_bounded_before_anything_is_allocated() {
+        for (claimed, expected) in [
+            (1_000_000_000, "must be 1 to 1000000"),
+            (MAX_TOTAL_FRAMES + 1, "must be 1 to 1000000"),
+            (0, "total_frames is 0"),
+        ] {
+            let err = read_meta(&claiming(claimed)[..]).unwrap_err();
+            assert!(matches!(err, RaceFileError::Invalid(_)), "{err}");
+            assert!(err.to_string().contains(expected), "{claimed}: {err}");
+            assert!(RaceReader::new(&claiming(claimed)[..]).is_err());
+        }
+        // At the limit the header is fine, and the missing frames are reported as such.
+        let err = read_all(&claiming(MAX_TOTAL_FRAMES)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RaceFileError::Truncated(Truncation::Frames { found: 0, .. })
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 /// Replays are sampled at this rate; frame `n` is at `t = n / FPS` seconds.
 pub const FPS: u32 = 25;
 
+/// Most frames a race may hold: 11 hours at 25 FPS, far beyond any Grand Prix with a red flag.
+/// A larger `total_frames` is refused before anything is allocated from it.
+pub const MAX_TOTAL_FRAMES: u32 = 1_000_000;
+
 /// Names of the per-driver values in wire/file order; must match DriverFrame field order.
 /// Viewers receive this list once (in `RaceMeta::fields`) so they can decode positional arrays.
 pub const DRIVER_FIELDS: &[&str] = &[
