@@ -24,6 +24,10 @@ use crate::race::RaceMeta;
 pub const SCHEMA: &str = "v1";
 /// Frames per chunk: about 1 MB of encoded frames per key.
 pub const CHUNK_FRAMES: u32 = 1000;
+/// Largest cached metadata accepted, as for race files.
+const MAX_META_BYTES: usize = crate::race::file::MAX_META_LEN as usize;
+/// Largest manifest accepted: about 5 bytes per frame of the longest race allowed.
+const MAX_MANIFEST_BYTES: usize = 16 << 20;
 /// Chunks fetched per Redis round trip; several round trips run at once.
 const CHUNKS_PER_REQUEST: usize = 8;
 
@@ -82,7 +86,13 @@ pub trait Store: Send + Sync {
     fn backend(&self) -> &'static str;
     /// Whether the backend answers now.
     fn is_ready(&self) -> bool;
-    fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>>;
+    /// The values of `keys`; a value longer than `max_len` is a `Corrupt` error, found out
+    /// before it is read whole.
+    fn get(
+        &self,
+        keys: Vec<String>,
+        max_len: usize,
+    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>>;
     /// Writes all items; a reader sees each item whole or not at all.
     fn set(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<(), CacheError>>;
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Result<(), CacheError>>;
@@ -203,17 +213,20 @@ impl RaceCache {
     /// A cached race's metadata, without its frames.
     pub async fn meta(&self, id: &str) -> Result<Option<RaceMeta>, CacheError> {
         let key = self.race_key(id, "meta");
-        let Some(bytes) = self.store.get(vec![key.clone()]).await?.pop().flatten() else {
+        let found = self.store.get(vec![key.clone()], MAX_META_BYTES).await?;
+        let Some(bytes) = found.into_iter().next().flatten() else {
             return Ok(None);
         };
-        rmp_serde::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(&key, e))
+        decode_meta(id, &key, &bytes).map(Some)
     }
 
     async fn manifest(&self, id: &str) -> Result<Option<Manifest>, CacheError> {
         let key = self.race_key(id, "manifest");
-        match self.store.get(vec![key.clone()]).await?.pop().flatten() {
+        let found = self
+            .store
+            .get(vec![key.clone()], MAX_MANIFEST_BYTES)
+            .await?;
+        match found.into_iter().next().flatten() {
             Some(bytes) => rmp_serde::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| corrupt(&key, e)),
@@ -222,15 +235,23 @@ impl RaceCache {
     }
 
     /// The cached encoded race, if the cache holds it for this encoding and, when given, this
-    /// source content. A mismatch is a miss; damaged bytes are a `Corrupt` error.
+    /// source content. A mismatch is a miss; damaged bytes are a `Corrupt` error, and so is an
+    /// entry that would take more than `max_bytes` of memory. Every length the entry claims is
+    /// checked against the race's own metadata before anything is allocated from it.
     pub async fn load(
         &self,
         id: &str,
         content: Option<&str>,
+        max_bytes: u64,
     ) -> Result<Option<EncodedRace>, CacheError> {
         let manifest_key = self.race_key(id, "manifest");
-        let keys = vec![manifest_key.clone(), self.race_key(id, "meta")];
-        let mut found = self.store.get(keys).await?.into_iter();
+        let meta_key = self.race_key(id, "meta");
+        let keys = vec![manifest_key.clone(), meta_key.clone()];
+        let mut found = self
+            .store
+            .get(keys, MAX_MANIFEST_BYTES.max(MAX_META_BYTES))
+            .await?
+            .into_iter();
         let (Some(Some(manifest)), Some(Some(meta))) = (found.next(), found.next()) else {
             return Ok(None);
         };
@@ -239,19 +260,32 @@ impl RaceCache {
         if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
             return Ok(None);
         }
-        let meta: RaceMeta = rmp_serde::from_slice(&meta).map_err(|e| corrupt(&manifest_key, e))?;
+        let meta = decode_meta(id, &meta_key, &meta)?;
+        let total =
+            check_manifest(&meta, &manifest, max_bytes).map_err(|reason| CacheError::Corrupt {
+                key: manifest_key.clone(),
+                reason,
+            })?;
         let keys: Vec<String> = (0..manifest.chunks.len())
             .map(|n| self.chunk_key(id, &manifest.content, n))
             .collect();
         let requests = keys
             .chunks(CHUNKS_PER_REQUEST)
-            .map(|batch| self.store.get(batch.to_vec()));
+            .zip(manifest.chunks.chunks(CHUNKS_PER_REQUEST))
+            .map(|(batch, infos)| {
+                let longest = infos
+                    .iter()
+                    .map(|c| stored_bound(c.raw_len as usize, manifest.compression))
+                    .max()
+                    .unwrap_or(0);
+                self.store.get(batch.to_vec(), longest)
+            });
         let mut stored = Vec::with_capacity(keys.len());
         for batch in join_all(requests).await {
             stored.extend(batch?);
         }
         let id = id.to_owned();
-        tokio::task::spawn_blocking(move || assemble(meta, &manifest, &keys, stored))
+        tokio::task::spawn_blocking(move || assemble(meta, &manifest, total, &keys, stored))
             .await
             .map_err(|e| CacheError::Io(io::Error::other(e)))?
             .map(Some)
@@ -322,6 +356,94 @@ fn corrupt(key: &str, err: impl std::fmt::Display) -> CacheError {
     }
 }
 
+/// Decodes cached metadata and checks it by the rules a race file's must pass.
+fn decode_meta(id: &str, key: &str, bytes: &[u8]) -> Result<RaceMeta, CacheError> {
+    let meta: RaceMeta = rmp_serde::from_slice(bytes).map_err(|e| corrupt(key, e))?;
+    crate::race::check_meta(&meta).map_err(|e| corrupt(key, e))?;
+    if meta.id != id {
+        return Err(corrupt(key, format!("holds race {:?}", meta.id)));
+    }
+    Ok(meta)
+}
+
+/// The most bytes one wire frame of a race with `drivers` cars can take: a few dozen for the
+/// frame's own fields, and well over what any car's 15 values encode to (about 55 bytes).
+pub fn max_frame_bytes(drivers: usize) -> u64 {
+    96 + 160 * drivers as u64
+}
+
+/// Cross-checks a manifest with the race's (already validated) metadata: frame counts agree,
+/// every frame length is plausible for the race's number of cars, each chunk's size is the sum
+/// of its frames', and the whole fits in `max_bytes` (and in the u32 offsets of
+/// [`EncodedRace`]). Returns the total encoded size.
+fn check_manifest(meta: &RaceMeta, manifest: &Manifest, max_bytes: u64) -> Result<u64, String> {
+    let frames = meta.total_frames;
+    if manifest.total_frames != frames || manifest.frame_lengths.len() != frames as usize {
+        return Err(format!(
+            "frame counts disagree: metadata {frames}, manifest {} with {} lengths",
+            manifest.total_frames,
+            manifest.frame_lengths.len()
+        ));
+    }
+    if manifest.chunks.len() != frames.div_ceil(CHUNK_FRAMES) as usize {
+        return Err(format!(
+            "{} chunks for {frames} frames",
+            manifest.chunks.len()
+        ));
+    }
+    let longest = max_frame_bytes(meta.drivers.len());
+    if let Some((i, len)) = (manifest.frame_lengths.iter().enumerate())
+        .find(|(_, &len)| len == 0 || u64::from(len) > longest)
+    {
+        return Err(format!(
+            "frame {i} claims {len} bytes; a frame of {} cars is 1 to {longest}",
+            meta.drivers.len()
+        ));
+    }
+    let mut total = 0u64;
+    let mut lengths = manifest.frame_lengths.iter();
+    for (n, chunk) in manifest.chunks.iter().enumerate() {
+        let expected = if n + 1 < manifest.chunks.len() {
+            CHUNK_FRAMES
+        } else {
+            frames - CHUNK_FRAMES * n as u32
+        };
+        if chunk.frames != expected {
+            return Err(format!(
+                "chunk {n} claims {} frames, expected {expected}",
+                chunk.frames
+            ));
+        }
+        let raw: u64 = lengths
+            .by_ref()
+            .take(chunk.frames as usize)
+            .map(|&l| u64::from(l))
+            .sum();
+        if raw != u64::from(chunk.raw_len) {
+            return Err(format!(
+                "chunk {n} claims {} bytes, its frames hold {raw}",
+                chunk.raw_len
+            ));
+        }
+        total += raw;
+    }
+    let limit = max_bytes.min(u64::from(u32::MAX));
+    if total > limit {
+        return Err(format!(
+            "the race would take {total} bytes, over the limit of {limit}"
+        ));
+    }
+    Ok(total)
+}
+
+/// The most bytes a chunk of `raw_len` bytes can take in the store.
+fn stored_bound(raw_len: usize, compression: Compression) -> usize {
+    match compression {
+        Compression::None => raw_len,
+        Compression::Zstd => zstd::zstd_safe::compress_bound(raw_len),
+    }
+}
+
 /// The identity of a race's content for cache keys: the wire encoding version plus the race
 /// file's checksum, so a new encoding or a changed file never reads old bytes.
 pub fn content_id(file_checksum: u32) -> String {
@@ -377,25 +499,13 @@ fn split(
 fn assemble(
     meta: RaceMeta,
     manifest: &Manifest,
+    total: u64,
     keys: &[String],
     stored: Vec<Option<Bytes>>,
 ) -> Result<EncodedRace, (String, String)> {
     let first_key = || keys.first().cloned().unwrap_or_default();
     let lengths = &manifest.frame_lengths;
-    let frames_in_chunks: u32 = manifest.chunks.iter().map(|c| c.frames).sum();
-    if lengths.len() != manifest.total_frames as usize
-        || frames_in_chunks != manifest.total_frames
-        || meta.total_frames != manifest.total_frames
-    {
-        return Err((first_key(), "frame counts disagree".into()));
-    }
-    let total: usize = manifest.chunks.iter().map(|c| c.raw_len as usize).sum();
-    if lengths.iter().map(|&l| l as usize).sum::<usize>() != total {
-        return Err((
-            first_key(),
-            "frame lengths disagree with chunk sizes".into(),
-        ));
-    }
+    let total = total as usize;
     // Zeroed memory from the allocator costs nothing until written.
     let mut buf = vec![0u8; total];
     let mut work = Vec::with_capacity(manifest.chunks.len());
@@ -430,8 +540,20 @@ fn assemble(
     let mut at = 0u32;
     offsets.push(at);
     for &len in lengths {
+        // No overflow: the manifest check keeps the total within u32.
         at += len;
         offsets.push(at);
+    }
+    // Every frame must start where the manifest says: its own header, with its own index.
+    for (i, window) in offsets.windows(2).enumerate() {
+        let frame = &buf[window[0] as usize..window[1] as usize];
+        if !crate::encode::is_wire_frame(frame, i as u32) {
+            let key = keys.get(i / CHUNK_FRAMES as usize).cloned();
+            return Err((
+                key.unwrap_or_else(first_key),
+                format!("frame {i} is not where the manifest puts it"),
+            ));
+        }
     }
     Ok(EncodedRace::from_parts(meta, Bytes::from(buf), offsets))
 }
@@ -444,6 +566,13 @@ fn fill_chunk(
     compression: Compression,
 ) -> Result<(), String> {
     let bytes = bytes.ok_or("chunk missing")?;
+    if bytes.len() > stored_bound(slot.len(), compression) {
+        return Err(format!(
+            "{} stored bytes for {} decoded",
+            bytes.len(),
+            slot.len()
+        ));
+    }
     let crc = crc32fast::hash(&bytes);
     if crc != info.crc {
         return Err(format!(
@@ -492,17 +621,23 @@ impl Store for DirStore {
         true
     }
 
-    fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>> {
-        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+    fn get(
+        &self,
+        keys: Vec<String>,
+        max_len: usize,
+    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>> {
+        let paths: Vec<(String, PathBuf)> = keys
+            .into_iter()
+            .map(|k| {
+                let path = self.path(&k);
+                (k, path)
+            })
+            .collect();
         async move {
             tokio::task::spawn_blocking(move || {
                 paths
                     .iter()
-                    .map(|p| match std::fs::read(p) {
-                        Ok(bytes) => Ok(Some(Bytes::from(bytes))),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                        Err(e) => Err(CacheError::Io(e)),
-                    })
+                    .map(|(key, path)| read_bounded(key, path, max_len))
                     .collect()
             })
             .await
@@ -565,6 +700,33 @@ impl Store for DirStore {
         }
         .boxed()
     }
+}
+
+/// Reads a file of at most `max_len` bytes; a longer one is corrupt, found out from its size.
+fn read_bounded(key: &str, path: &Path, max_len: usize) -> Result<Option<Bytes>, CacheError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CacheError::Io(e)),
+    };
+    let len = file.metadata()?.len();
+    if len > max_len as u64 {
+        return Err(too_long(key, max_len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max_len as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max_len {
+        return Err(too_long(key, max_len));
+    }
+    Ok(Some(Bytes::from(bytes)))
+}
+
+fn too_long(key: &str, max_len: usize) -> CacheError {
+    corrupt(
+        key,
+        format!("value is over the {max_len} bytes it may hold"),
+    )
 }
 
 /// Writes to a temporary file and renames it, so a reader sees the old or the new file whole.
@@ -668,12 +830,29 @@ impl Store for RedisStore {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    fn get(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>> {
+    fn get(
+        &self,
+        keys: Vec<String>,
+        max_len: usize,
+    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, CacheError>> {
         async move {
             let mut conn = self.connection()?;
-            let values: Vec<Option<Vec<u8>>> =
-                self.note(redis::cmd("MGET").arg(&keys).query_async(&mut conn).await)?;
-            Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+            // GETRANGE reads at most one byte past the limit, so a value that is too long is
+            // found out without Redis sending (and this process buffering) all of it. A missing
+            // key reads as empty, and no value the cache writes is empty.
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("GETRANGE").arg(key).arg(0).arg(max_len);
+            }
+            let values: Vec<Vec<u8>> = self.note(pipe.query_async(&mut conn).await)?;
+            keys.iter()
+                .zip(values)
+                .map(|(key, value)| match value.len() {
+                    0 => Ok(None),
+                    n if n > max_len => Err(too_long(key, max_len)),
+                    _ => Ok(Some(Bytes::from(value))),
+                })
+                .collect()
         }
         .boxed()
     }
@@ -770,10 +949,10 @@ mod tests {
         for compression in [Compression::None, Compression::Zstd] {
             let dir = tempfile::tempdir().unwrap();
             let cache = dir_cache(dir.path(), compression);
-            assert!(cache.load("unit", None).await.unwrap().is_none());
+            assert!(cache.load("unit", None, u64::MAX).await.unwrap().is_none());
             cache.store(&original, "e1-0000abcd").await.unwrap();
             let loaded = cache
-                .load("unit", Some("e1-0000abcd"))
+                .load("unit", Some("e1-0000abcd"), u64::MAX)
                 .await
                 .unwrap()
                 .unwrap();
@@ -789,19 +968,19 @@ mod tests {
         let cache = dir_cache(dir.path(), Compression::Zstd);
         cache.store(&race(2), "e1-00000001").await.unwrap();
         assert!(cache
-            .load("unit", Some("e1-00000002"))
+            .load("unit", Some("e1-00000002"), u64::MAX)
             .await
             .unwrap()
             .is_none());
         // A manifest written by another encoding version is never read.
         let key = cache.race_key("unit", "manifest");
-        let mut stored = cache.store.get(vec![key.clone()]).await.unwrap();
+        let mut stored = cache.store.get(vec![key.clone()], 1 << 20).await.unwrap();
         let mut manifest: Manifest =
             rmp_serde::from_slice(&stored.pop().unwrap().unwrap()).unwrap();
         manifest.encoding = ENCODING_VERSION + 1;
         let bytes = Bytes::from(crate::encode::to_compact_msgpack(&manifest));
         cache.store.set(vec![(key, bytes)]).await.unwrap();
-        assert!(cache.load("unit", None).await.unwrap().is_none());
+        assert!(cache.load("unit", None, u64::MAX).await.unwrap().is_none());
         assert!(content_id(0xabc).starts_with(&format!("e{ENCODING_VERSION}-")));
     }
 
@@ -820,14 +999,14 @@ mod tests {
             "the replaced content's chunks are gone"
         );
         assert!(cache
-            .load("unit", Some("e1-00000002"))
+            .load("unit", Some("e1-00000002"), u64::MAX)
             .await
             .unwrap()
             .is_some());
         // Storing the same content again keeps its chunks.
         cache.store(&race, "e1-00000002").await.unwrap();
         assert!(cache
-            .load("unit", Some("e1-00000002"))
+            .load("unit", Some("e1-00000002"), u64::MAX)
             .await
             .unwrap()
             .is_some());
@@ -843,7 +1022,7 @@ mod tests {
         let mut bytes = std::fs::read(&chunk).unwrap();
         bytes[100] ^= 0xff;
         std::fs::write(&chunk, &bytes).unwrap();
-        match cache.load("unit", None).await {
+        match cache.load("unit", None, u64::MAX).await {
             Err(CacheError::Corrupt { key, reason }) => {
                 assert!(key.ends_with(":chunk:1"), "{key}");
                 assert!(reason.contains("checksum"), "{reason}");
@@ -851,13 +1030,150 @@ mod tests {
             other => panic!("expected corruption, got {:?}", other.map(|r| r.is_some())),
         }
         std::fs::remove_file(&chunk).unwrap();
-        match cache.load("unit", None).await {
+        match cache.load("unit", None, u64::MAX).await {
             Err(CacheError::Corrupt { reason, .. }) => assert!(reason.contains("missing")),
             other => panic!(
                 "expected a missing chunk, got {:?}",
                 other.map(|r| r.is_some())
             ),
         }
+    }
+
+    /// Stores a race, lets `damage` change its manifest and metadata, and returns what loading
+    /// it then says.
+    async fn load_after(
+        damage: impl FnOnce(&mut Manifest, &mut RaceMeta),
+    ) -> Result<Option<EncodedRace>, CacheError> {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir_cache(dir.path(), Compression::Zstd);
+        let race = race(2);
+        cache.store(&race, "e1-00000001").await.unwrap();
+        let key = cache.race_key("unit", "manifest");
+        let stored = cache.store.get(vec![key.clone()], 1 << 24).await.unwrap();
+        let mut manifest: Manifest = rmp_serde::from_slice(stored[0].as_ref().unwrap()).unwrap();
+        let mut meta = (*race.meta).clone();
+        damage(&mut manifest, &mut meta);
+        let items = vec![
+            (
+                key,
+                Bytes::from(crate::encode::to_compact_msgpack(&manifest)),
+            ),
+            (
+                cache.race_key("unit", "meta"),
+                Bytes::from(crate::encode::to_compact_msgpack(&meta)),
+            ),
+        ];
+        cache.store.set(items).await.unwrap();
+        cache.load("unit", None, 1 << 30).await
+    }
+
+    fn reason(result: Result<Option<EncodedRace>, CacheError>) -> String {
+        match result {
+            Err(CacheError::Corrupt { reason, .. }) => reason,
+            other => panic!(
+                "expected a corrupt entry, got {:?}",
+                other.map(|r| r.is_some())
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn hostile_lengths_are_refused_before_anything_is_allocated() {
+        // Chunks claiming 4×10^9 bytes each.
+        let r = reason(
+            load_after(|m, _| m.chunks.iter_mut().for_each(|c| c.raw_len = 4_000_000_000)).await,
+        );
+        assert!(r.contains("claims 4000000000 bytes"), "{r}");
+        // Frame lengths and chunk sizes that agree with each other, over 1 GiB in all: the
+        // lengths are impossible for a race of 4 cars.
+        let r = reason(
+            load_after(|m, _| {
+                m.frame_lengths.iter_mut().for_each(|l| *l = 500_000);
+                for c in &mut m.chunks {
+                    c.raw_len = c.frames * 500_000;
+                }
+            })
+            .await,
+        );
+        assert!(r.contains("a frame of 4 cars is 1 to"), "{r}");
+        // Metadata that a race file could not have.
+        let r = reason(
+            load_after(|m, meta| {
+                meta.total_frames = 1_000_000_000;
+                m.total_frames = 1_000_000_000;
+            })
+            .await,
+        );
+        assert!(r.contains("total_frames"), "{r}");
+        // Counts that disagree.
+        let r = reason(
+            load_after(|m, _| {
+                m.frame_lengths.pop();
+            })
+            .await,
+        );
+        assert!(r.contains("frame counts disagree"), "{r}");
+        let r = reason(
+            load_after(|m, _| {
+                m.chunks.pop();
+            })
+            .await,
+        );
+        assert!(r.contains("chunks for"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn frames_must_sit_where_the_manifest_puts_them() {
+        // Move a byte from one frame's length to its neighbour's: every size still adds up.
+        let r = reason(
+            load_after(|m, _| {
+                m.frame_lengths[10] += 1;
+                m.frame_lengths[11] -= 1;
+            })
+            .await,
+        );
+        assert!(
+            r.contains("frame 11 is not where the manifest puts it"),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_over_the_memory_limit_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir_cache(dir.path(), Compression::Zstd);
+        let race = race(2);
+        cache.store(&race, "e1-00000001").await.unwrap();
+        let limit = race.encoded_bytes() as u64 - 1;
+        let r = reason(cache.load("unit", None, limit).await);
+        assert!(r.contains("over the limit"), "{r}");
+        let loaded = cache.load("unit", None, limit + 1).await.unwrap().unwrap();
+        assert_same(&race, &loaded);
+    }
+
+    #[tokio::test]
+    async fn values_longer_than_they_may_be_are_corrupt_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path().to_owned());
+        store
+            .set(vec![("k:big".into(), Bytes::from(vec![7u8; 1000]))])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(vec!["k:big".into()], 1000).await.unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .len(),
+            1000
+        );
+        match store.get(vec!["k:big".into()], 999).await {
+            Err(CacheError::Corrupt { key, reason }) => {
+                assert_eq!(key, "k:big");
+                assert!(reason.contains("999"), "{reason}");
+            }
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        assert!(store.get(vec!["k:none".into()], 10).await.unwrap()[0].is_none());
     }
 
     #[test]

@@ -151,6 +151,18 @@ pub fn encode_frame(index: u32, frame: &Frame, out: &mut BytesMut) {
     WireFrame { index, frame }.serialize(&mut ser).unwrap();
 }
 
+/// The bytes every wire frame starts with: a 5-entry map, `"type": "frame"`, then the key `"i"`.
+const FRAME_PREFIX: &[u8] = b"\x85\xa4type\xa5frame\xa1i";
+
+/// A cheap check that `bytes` begins like the wire encoding of frame `index` (its header and
+/// its index), so frame bytes from elsewhere (a cache) cannot be misaligned or filler.
+pub fn is_wire_frame(bytes: &[u8], index: u32) -> bool {
+    let Some(mut rest) = bytes.strip_prefix(FRAME_PREFIX) else {
+        return false;
+    };
+    rmp::decode::read_int::<u32, _>(&mut rest).is_ok_and(|i| i == index)
+}
+
 /// Decodes a wire frame back into its parts; used by tests, benches and the load tool.
 pub fn decode_frame(bytes: &[u8]) -> Result<DecodedFrame, rmp_serde::decode::Error> {
     rmp_serde::from_slice(bytes)

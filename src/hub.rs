@@ -144,7 +144,7 @@ async fn load_race(
     };
     let mut cache_error = None;
     if let Some(cache) = &cache {
-        match cache.load(&id, content.as_deref()).await {
+        match cache.load(&id, content.as_deref(), u64::MAX).await {
             Ok(Some(race)) => {
                 cache.stats.hits.fetch_add(1, Ordering::Relaxed);
                 count("hit");

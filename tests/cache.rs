@@ -77,10 +77,14 @@ async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
         let spec = CacheSpec::Redis(REDIS_URL.into());
         let cache = RaceCache::open(&spec, &prefix.0, compression).unwrap();
         ready(&cache).await;
-        assert!(cache.load("test-race", None).await.unwrap().is_none());
+        assert!(cache
+            .load("test-race", None, u64::MAX)
+            .await
+            .unwrap()
+            .is_none());
         cache.store(&original, &content).await.unwrap();
         let loaded = cache
-            .load("test-race", Some(&content))
+            .load("test-race", Some(&content), u64::MAX)
             .await
             .unwrap()
             .unwrap();
@@ -102,7 +106,7 @@ async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
         );
         // Another file content for the same id never reads these bytes.
         assert!(cache
-            .load("test-race", Some("e1-ffffffff"))
+            .load("test-race", Some("e1-ffffffff"), u64::MAX)
             .await
             .unwrap()
             .is_none());
@@ -246,7 +250,7 @@ async fn redis_killed_mid_load_gives_a_clear_error_and_nothing_partial() {
         .success());
     let loading = {
         let cache = cache.clone();
-        tokio::spawn(async move { cache.load("test-race", None).await })
+        tokio::spawn(async move { cache.load("test-race", None, u64::MAX).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!loading.is_finished(), "the load is under way");
@@ -263,7 +267,7 @@ async fn redis_killed_mid_load_gives_a_clear_error_and_nothing_partial() {
     // A fresh server on the same port holds nothing: the failed load left nothing behind.
     redis.restart();
     let found = eventually("reconnected", || async {
-        cache.load("test-race", None).await.ok()
+        cache.load("test-race", None, u64::MAX).await.ok()
     })
     .await;
     assert!(found.is_none(), "a partial race was served");
@@ -340,7 +344,11 @@ async fn a_corrupted_chunk_is_detected_reloaded_from_the_file_and_counted() {
     .unwrap();
     ready(&cache).await;
     let repaired = eventually("the cache repaired", || async {
-        cache.load("test-race", Some(&content)).await.ok().flatten()
+        cache
+            .load("test-race", Some(&content), u64::MAX)
+            .await
+            .ok()
+            .flatten()
     })
     .await;
     assert_same(&encoded_test_race(), &repaired);

@@ -214,3 +214,54 @@ async fn race_files_claiming_absurd_frame_counts_are_refused() {
     let mut viewer = Viewer::connect(&hub.ws_url("demo", None)).await;
     viewer.next_frame().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_values_longer_than_they_may_be_are_refused_unread() {
+    use replay_hub::cache::{file_content_id, CacheError, CacheSpec, Compression, RaceCache};
+    let prefix = Prefix::new("hostile");
+    let cache = RaceCache::open(
+        &CacheSpec::Redis(REDIS_URL.into()),
+        &prefix.0,
+        Compression::Zstd,
+    )
+    .unwrap();
+    eventually("the cache is ready", || async {
+        cache.is_ready().then_some(())
+    })
+    .await;
+    let race = std::sync::Arc::new(replay_hub::hub::load_race_file(race_file()).unwrap());
+    let content = file_content_id(race_file()).unwrap();
+    cache.store(&race, &content).await.unwrap();
+    let mut conn = redis_conn(REDIS_URL);
+    let base = format!("{}:v1:race:test-race", prefix.0);
+    // A first chunk of 64 MiB: far more than 1,000 frames of this race can compress to.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{base}:{content}:chunk:0"))
+        .arg(vec![0u8; 64 << 20])
+        .query(&mut conn)
+        .unwrap();
+    match cache.load("test-race", None, u64::MAX).await {
+        Err(CacheError::Corrupt { key, reason }) => {
+            assert!(key.ends_with(":chunk:0"), "{key}");
+            assert!(reason.contains("bytes it may hold"), "{reason}");
+        }
+        other => panic!(
+            "expected a corrupt chunk, got {:?}",
+            other.map(|r| r.is_some())
+        ),
+    }
+    // Metadata that no race file could carry.
+    let mut meta = (*race.meta).clone();
+    meta.total_frames = 1_000_000_000;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{base}:meta"))
+        .arg(rmp_serde::to_vec(&meta).unwrap())
+        .query(&mut conn)
+        .unwrap();
+    match cache.meta("test-race").await {
+        Err(CacheError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("total_frames"), "{reason}")
+        }
+        other => panic!("expected corrupt metadata, got {other:?}"),
+    }
+}

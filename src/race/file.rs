@@ -18,7 +18,7 @@ const HEADER_LEN: usize = 14;
 /// End magic + u32 frame count + u32 CRC-32.
 const TRAILER_LEN: usize = 16;
 /// Guards against allocating for a corrupted length; real metadata is tens of KB.
-const MAX_META_LEN: u32 = 16 << 20;
+pub const MAX_META_LEN: u32 = 16 << 20;
 /// msgpack array32 marker, used for the frame array header.
 const ARRAY32: u8 = 0xdd;
 const IO_BUF: usize = 64 << 10;
@@ -202,6 +202,11 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
         prev_start = iv.start_t;
     }
     Ok(())
+}
+
+/// Checks metadata read from elsewhere (a cache) by the same rules as a file's.
+pub fn check_meta(meta: &RaceMeta) -> Result<(), RaceFileError> {
+    validate_meta(meta).map_err(RaceFileError::Invalid)
 }
 
 /// Per-frame rules; `prev_t` is the previous frame's time.

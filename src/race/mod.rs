@@ -7,7 +7,8 @@ pub mod generate;
 pub mod model;
 
 pub use file::{
-    read_meta, stored_checksum, write_race, RaceFileError, RaceReader, Truncation, FORMAT_VERSION,
+    check_meta, read_meta, stored_checksum, write_race, RaceFileError, RaceReader, Truncation,
+    FORMAT_VERSION,
 };
 pub use generate::{generate, GenError, GenParams};
 pub use model::*;
