@@ -26,6 +26,27 @@ pub struct SessionRecord {
     pub timeline: SharedTimeline,
 }
 
+impl SessionRecord {
+    /// Checks a record read from Redis before anything acts on it: another process (or
+    /// anyone with access to Redis) wrote it.
+    pub fn check(&self) -> Result<(), String> {
+        if !crate::hub::valid_id(&self.race) {
+            return Err(format!("race id {:?} is not valid", self.race));
+        }
+        let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+        if self.token_sha256.len() != 64 || !self.token_sha256.bytes().all(hex) {
+            return Err("token_sha256 is not 64 hex digits".into());
+        }
+        self.timeline.check()
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self, BrokerError> {
+        let record: Self = serde_json::from_slice(bytes)?;
+        record.check().map_err(BrokerError::Invalid)?;
+        Ok(record)
+    }
+}
+
 /// SHA-256 of a control token, as stored in session records.
 pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
@@ -65,6 +86,8 @@ pub enum BrokerError {
     Redis(#[from] redis::RedisError),
     #[error("bad session record: {0}")]
     Record(#[from] serde_json::Error),
+    #[error("invalid session record: {0}")]
+    Invalid(String),
 }
 
 /// Stores `ARGV[2]` at `KEYS[1]` and publishes `ARGV[3]` on `KEYS[2]` only if the stored record's
@@ -138,7 +161,12 @@ impl Broker {
                             Ok(Announcement {
                                 id,
                                 record: Some(record),
-                            }) => events.do_send(BrokerEvent::Updated { id, record }),
+                            }) => match record.check() {
+                                Ok(()) => events.do_send(BrokerEvent::Updated { id, record }),
+                                Err(reason) => {
+                                    tracing::warn!(session = %id, %reason, "ignoring an invalid announcement")
+                                }
+                            },
                             Ok(Announcement { id, record: None }) => {
                                 events.do_send(BrokerEvent::Deleted { id })
                             }
@@ -219,7 +247,9 @@ impl Broker {
             .arg(self.key(id))
             .query_async(&mut conn)
             .await?;
-        Ok(stored.map(|s| serde_json::from_str(&s)).transpose()?)
+        stored
+            .map(|s| SessionRecord::parse(s.as_bytes()))
+            .transpose()
     }
 
     /// Every session any replica created, with its record.
@@ -231,8 +261,13 @@ impl Broker {
             .await?;
         let mut records = Vec::new();
         for id in ids {
-            if let Some(record) = self.load(&id).await? {
-                records.push((id, record));
+            match self.load(&id).await {
+                Ok(Some(record)) => records.push((id, record)),
+                Ok(None) => {}
+                Err(err @ (BrokerError::Invalid(_) | BrokerError::Record(_))) => {
+                    tracing::warn!(session = %id, %err, "skipping an unusable session record")
+                }
+                Err(err) => return Err(err),
             }
         }
         records.sort_by(|a, b| a.0.cmp(&b.0));

@@ -25,7 +25,8 @@ use crate::encode::EncodedRace;
 use crate::metrics::Metrics;
 use crate::race::{RaceMeta, RaceReader};
 use crate::session::{
-    End, GetInfo, PlayedRace, Resync, Session, SessionInfo, SessionSync, StatsSnapshot, Sync,
+    End, GetInfo, PlayedRace, Resync, Session, SessionFailed, SessionInfo, SessionSync,
+    StatsSnapshot, Sync,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -224,6 +225,8 @@ pub struct Hub {
     lookahead_window: Duration,
     metrics: Arc<Metrics>,
     broker: Option<Arc<Broker>>,
+    /// This actor's own address, for sessions to report a failure to.
+    me: Option<Addr<Hub>>,
 }
 
 impl Hub {
@@ -240,6 +243,7 @@ impl Hub {
             lookahead_window,
             metrics,
             broker: None,
+            me: None,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -309,7 +313,8 @@ impl Hub {
         }
     }
 
-    fn check_new_session(&self, id: Option<&str>) -> Result<(), HubError> {
+    fn check_new_session(&mut self, id: Option<&str>) -> Result<(), HubError> {
+        self.reap();
         if self.sessions.len() >= self.max_sessions {
             return Err(HubError::TooManySessions(self.max_sessions));
         }
@@ -398,6 +403,9 @@ impl Hub {
                 });
             }
         }
+        if let Some(me) = &self.me {
+            session = session.on_failure(me.clone().recipient());
+        }
         let addr = session.start();
         tracing::info!(session = %id, race = %race.id(), joined = joined.is_some(), "session started");
         self.sessions.insert(
@@ -464,6 +472,42 @@ pub fn random_token(bytes: usize) -> String {
 
 impl Actor for Hub {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.me = Some(ctx.address());
+    }
+}
+
+impl Handler<SessionFailed> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: SessionFailed, _: &mut Context<Self>) {
+        self.forget_session(&msg.id);
+    }
+}
+
+impl Hub {
+    /// Drops a session that is gone without being ended (it failed, or its actor died): its id
+    /// is free again.
+    fn forget_session(&mut self, id: &str) {
+        if self.sessions.remove(id).is_some() {
+            tracing::warn!(session = %id, "session failed; its id is free again");
+            self.metrics.sessions.set(self.sessions.len() as i64);
+            let _ = self.metrics.session_viewers.remove_label_values(&[id]);
+        }
+    }
+
+    /// Forgets every session whose actor is no longer running.
+    fn reap(&mut self) {
+        let dead: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.addr.connected())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            self.forget_session(&id);
+        }
+    }
 }
 
 #[derive(Message)]
@@ -676,6 +720,7 @@ pub struct FindSession(pub String);
 impl Handler<FindSession> for Hub {
     type Result = ResponseActFuture<Self, Option<(Addr<Session>, String)>>;
     fn handle(&mut self, msg: FindSession, _: &mut Context<Self>) -> Self::Result {
+        self.reap();
         Box::pin(self.local_session(&msg.0).map(move |addr, act, _| {
             let token = act.sessions.get(&msg.0)?.token_sha256.clone();
             Some((addr?, token))
@@ -731,7 +776,8 @@ impl Handler<ListSessions> for Hub {
 
 fn remote_info(id: String, record: &SessionRecord) -> SessionInfo {
     let mut timeline = crate::session::Timeline::new(u32::MAX, false, std::time::Instant::now());
-    timeline.adopt(&record.timeline);
+    // Records are checked as the broker reads them; an unchecked one shows as paused at 0.
+    let _ = timeline.adopt(&record.timeline);
     SessionInfo {
         id,
         race: record.race.clone(),

@@ -50,6 +50,33 @@ pub struct SharedTimeline {
     pub epoch: u64,
 }
 
+/// Earliest wall-clock anchor a shared timeline may carry (2020-01-01, Unix ms), and how far in
+/// the future one may lie (clock skew between replicas is milliseconds, not days).
+const MIN_ANCHOR_MS: i64 = 1_577_836_800_000;
+const MAX_ANCHOR_AHEAD_MS: i64 = 24 * 3600 * 1000;
+
+impl SharedTimeline {
+    /// Checks a timeline that came from elsewhere (Redis, a file) before it is adopted: a
+    /// speed a controller could have chosen, an anchor in sane wall-clock time, an epoch.
+    pub fn check(&self) -> Result<(), String> {
+        let (min, max) = SPEED_RANGE;
+        if !(self.speed.is_finite() && (min..=max).contains(&self.speed)) {
+            return Err(format!("speed {} is outside [{min}, {max}]", self.speed));
+        }
+        let latest = wall_ms().saturating_add(MAX_ANCHOR_AHEAD_MS);
+        if !(MIN_ANCHOR_MS..=latest).contains(&self.anchor_ms) {
+            return Err(format!(
+                "anchor_ms {} is not a time between 2020 and a day from now",
+                self.anchor_ms
+            ));
+        }
+        if self.epoch == 0 {
+            return Err("epoch is 0".into());
+        }
+        Ok(())
+    }
+}
+
 /// Wall-clock time in Unix microseconds: the server clock clients synchronise to.
 pub fn wall_us() -> i64 {
     std::time::SystemTime::now()
@@ -89,20 +116,23 @@ impl Timeline {
     }
 
     /// Takes over a timeline set elsewhere, converting its wall-clock anchor to this
-    /// process's monotonic clock once.
-    pub fn adopt(&mut self, shared: &SharedTimeline) {
+    /// process's monotonic clock once. Refuses (and leaves this timeline as it was) one that
+    /// fails [`SharedTimeline::check`].
+    pub fn adopt(&mut self, shared: &SharedTimeline) -> Result<(), String> {
+        shared.check()?;
         let (now, now_ms) = (Instant::now(), wall_ms());
         let offset = Duration::from_millis(now_ms.abs_diff(shared.anchor_ms));
         self.anchor_at = if shared.anchor_ms <= now_ms {
             now.checked_sub(offset).unwrap_or(now)
         } else {
-            now + offset
+            now.checked_add(offset).unwrap_or(now)
         };
         self.anchor_ms = shared.anchor_ms;
         self.playing = shared.playing;
         self.speed = shared.speed;
         self.anchor_frame = shared.anchor_frame.min(self.last_frame);
         self.epoch = shared.epoch;
+        Ok(())
     }
 
     /// The frame to show at `now`, clamped to the last frame.
@@ -542,6 +572,10 @@ pub struct Session {
     /// When the next tick is due, to measure lateness.
     next_tick: Instant,
     ticker: Option<SpawnHandle>,
+    on_failure: Option<Recipient<SessionFailed>>,
+    /// Makes the next tick fail, to test how a failing session ends.
+    #[cfg(test)]
+    poisoned: bool,
 }
 
 impl Session {
@@ -573,6 +607,9 @@ impl Session {
             stats: Arc::new(DeliveryStats::new(metrics)),
             next_tick: now + TICK,
             ticker: None,
+            on_failure: None,
+            #[cfg(test)]
+            poisoned: false,
         }
     }
 
@@ -580,8 +617,12 @@ impl Session {
     /// over (a session created elsewhere), else its own is published as the first one.
     pub fn with_sync(mut self, sync: SessionSync, joined: Option<SharedTimeline>) -> Self {
         if let Some(shared) = joined {
-            self.timeline.adopt(&shared);
-            self.state_changed(Instant::now());
+            match self.timeline.adopt(&shared) {
+                Ok(()) => self.state_changed(Instant::now()),
+                Err(reason) => {
+                    tracing::warn!(session = %self.id, %reason, "shared timeline refused; starting from the beginning")
+                }
+            }
         }
         self.sync = Some(sync);
         self
@@ -634,7 +675,10 @@ impl Session {
         if shared.epoch < self.timeline.epoch() || *shared == self.timeline.shared() {
             return;
         }
-        self.timeline.adopt(shared);
+        if let Err(reason) = self.timeline.adopt(shared) {
+            tracing::warn!(session = %self.id, %reason, "shared timeline refused; playing on locally");
+            return;
+        }
         let now = Instant::now();
         self.state_changed(now);
         self.publish_frames(now);
@@ -662,11 +706,36 @@ impl Session {
     }
 
     fn rephase(&mut self, ctx: &mut Context<Self>) {
-        let frame_period = TICK.div_f64(self.timeline.shared().speed);
+        let (min, max) = SPEED_RANGE;
+        let frame_period = TICK.div_f64(self.timeline.shared().speed.clamp(min, max));
         self.start_ticking((frame_period / 2).min(TICK), ctx);
     }
 
+    /// One tick; a session whose tick fails ends cleanly instead of freezing its viewers.
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.tick_once(ctx)));
+        if ticked.is_err() {
+            tracing::error!(session = %self.id, "session failed in its tick; ending it");
+            self.fail(ctx);
+        }
+    }
+
+    /// Ends the session after an internal failure: its viewers are closed with 1011 (they may
+    /// reconnect once it is created again) and the hub releases its id.
+    fn fail(&mut self, ctx: &mut Context<Self>) {
+        if let Some(hub) = &self.on_failure {
+            hub.do_send(SessionFailed {
+                id: self.id.to_string(),
+            });
+        }
+        self.end(1011, "session failed: reconnect later", ctx);
+    }
+
+    fn tick_once(&mut self, ctx: &mut Context<Self>) {
+        #[cfg(test)]
+        if self.poisoned {
+            panic!("poisoned for a test");
+        }
         let now = Instant::now();
         let late = now.saturating_duration_since(self.next_tick);
         self.metrics().tick_lateness.observe(late.as_secs_f64());
@@ -927,11 +996,18 @@ impl Handler<GetInfo> for Session {
 impl Handler<End> for Session {
     type Result = ();
     fn handle(&mut self, msg: End, ctx: &mut Context<Self>) {
+        self.end(msg.code, &msg.reason, ctx);
+    }
+}
+
+impl Session {
+    /// Closes every viewer with `code`/`reason` and stops.
+    fn end(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
         for viewer in self.viewers.values() {
             // One message per viewer, once: the bounded-mailbox rule is for frames.
             viewer.ended.do_send(Ended {
-                code: msg.code,
-                reason: msg.reason.clone(),
+                code,
+                reason: reason.to_owned(),
             });
         }
         self.viewers.clear();
@@ -942,11 +1018,165 @@ impl Handler<End> for Session {
             .remove_label_values(&[&*self.id]);
         ctx.stop();
     }
+
+    /// Who to tell if this session fails (the hub, to release its id).
+    pub fn on_failure(mut self, hub: Recipient<SessionFailed>) -> Self {
+        self.on_failure = Some(hub);
+        self
+    }
+}
+
+/// A session ended by an internal failure, not by a deletion: the hub forgets it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionFailed {
+    pub id: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what a session tells it.
+    #[derive(Default)]
+    struct Listener {
+        ended: std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>,
+        failed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Actor for Listener {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Ended> for Listener {
+        type Result = ();
+        fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
+            self.ended.lock().unwrap().push((msg.code, msg.reason));
+        }
+    }
+
+    impl Handler<SessionFailed> for Listener {
+        type Result = ();
+        fn handle(&mut self, msg: SessionFailed, _: &mut Context<Self>) {
+            self.failed.lock().unwrap().push(msg.id);
+        }
+    }
+
+    #[test]
+    fn a_session_whose_tick_fails_closes_its_viewers_and_tells_the_hub() {
+        let params = crate::race::GenParams {
+            laps: 2,
+            drivers: 2,
+            ..crate::race::GenParams::default()
+        };
+        let (meta, frames) = crate::race::generate(&params, |_, _| {}).unwrap();
+        let race = Arc::new(EncodedRace::build(meta, frames.into_iter().map(Ok::<_, ()>)).unwrap());
+        let listener = Listener::default();
+        let (ended, failed) = (listener.ended.clone(), listener.failed.clone());
+        actix::System::new().block_on(async move {
+            let listener = listener.start();
+            let mut session = Session::new(
+                "doomed",
+                race,
+                true,
+                10,
+                Duration::from_secs(1),
+                Metrics::new(),
+            )
+            .on_failure(listener.clone().recipient());
+            session.poisoned = true;
+            let session = session.start();
+            let joined = session
+                .send(Join {
+                    ended: listener.clone().recipient(),
+                    mode: Mode::Push,
+                })
+                .await
+                .unwrap();
+            assert!(joined.is_ok());
+            for _ in 0..100 {
+                if !session.connected() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!session.connected(), "the failed session stopped");
+            // Let the listener take its messages.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        assert_eq!(failed.lock().unwrap().as_slice(), ["doomed"]);
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].0, 1011);
+    }
+
+    #[test]
+    fn shared_timelines_from_elsewhere_are_checked_before_they_are_adopted() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(1000, true, t0);
+        let good = tl.shared();
+        assert_eq!(good.check(), Ok(()));
+        for (bad, what) in [
+            (SharedTimeline { speed: 0.0, ..good }, "speed 0"),
+            (
+                SharedTimeline {
+                    speed: -1.0,
+                    ..good
+                },
+                "speed -1",
+            ),
+            (
+                SharedTimeline {
+                    speed: f64::NAN,
+                    ..good
+                },
+                "speed NaN",
+            ),
+            (
+                SharedTimeline {
+                    speed: 1e300,
+                    ..good
+                },
+                "speed 1e300",
+            ),
+            (
+                SharedTimeline {
+                    anchor_ms: i64::MAX,
+                    ..good
+                },
+                "anchor_ms",
+            ),
+            (
+                SharedTimeline {
+                    anchor_ms: i64::MIN,
+                    ..good
+                },
+                "anchor_ms",
+            ),
+            (
+                SharedTimeline {
+                    anchor_ms: 0,
+                    ..good
+                },
+                "anchor_ms",
+            ),
+            (SharedTimeline { epoch: 0, ..good }, "epoch"),
+        ] {
+            let err = tl.adopt(&bad).unwrap_err();
+            assert!(
+                err.contains(what.split(' ').next().unwrap()),
+                "{what}: {err}"
+            );
+            assert_eq!(tl.shared(), good, "{what}: left as it was");
+        }
+        let later = SharedTimeline {
+            speed: 2.0,
+            epoch: 9,
+            ..good
+        };
+        tl.adopt(&later).unwrap();
+        assert_eq!(tl.shared(), later);
+    }
 
     #[test]
     fn frame_follows_the_clock_not_the_ticks() {
@@ -983,7 +1213,7 @@ mod tests {
         here.apply(&Command::Seek(5000), t0);
         here.apply(&Command::Speed(2.0), t0);
         let mut there = Timeline::new(100_000, false, Instant::now());
-        there.adopt(&here.shared());
+        there.adopt(&here.shared()).unwrap();
         assert_eq!(there.shared(), here.shared());
         let later = Instant::now() + Duration::from_secs(3);
         let (a, b) = (here.frame_at(later), there.frame_at(later));

@@ -176,6 +176,15 @@ impl Viewer {
             );
             return;
         }
+        // The session's broadcast is gone but no `Ended` came: the session failed.
+        if self
+            .joined
+            .as_ref()
+            .is_some_and(|j| j.feed.has_changed().is_err())
+        {
+            self.close(1011, "session failed: reconnect later", ctx);
+            return;
+        }
         if now.duration_since(self.last_heard) > self.limits.client_timeout {
             self.close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout", ctx);
             return;
@@ -298,7 +307,7 @@ impl Viewer {
         self.gone = match code {
             close_code::STALLED => Disconnect::Stalled,
             close_code::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
-            1001 => Disconnect::SessionEnded,
+            1001 | 1011 => Disconnect::SessionEnded,
             1002 | 1007 => Disconnect::Protocol,
             1008 => Disconnect::Policy,
             1009 => Disconnect::TooBig,

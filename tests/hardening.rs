@@ -265,3 +265,60 @@ async fn redis_values_longer_than_they_may_be_are_refused_unread() {
         other => panic!("expected corrupt metadata, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_broker_records_are_refused_and_the_session_plays_on() {
+    use serde_json::json;
+    let prefix = Prefix::new("hostile-broker");
+    let hub = TestHub::start_with(|c| {
+        redis_cache(REDIS_URL, &prefix.0)(c);
+        c.broker = Some(REDIS_URL.into());
+        c.demo_session = String::new();
+    });
+    hub.create_session("victim", true).await;
+    let mut viewer = Viewer::connect(&hub.ws_url("victim", None)).await;
+    let key = format!("{}:v1:session:victim", prefix.0);
+    let mut redis = redis_conn(REDIS_URL);
+    let stored: String = redis::cmd("GET").arg(&key).query(&mut redis).unwrap();
+    let good: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let hostile = [
+        ("speed", json!(0)),
+        ("speed", json!(-1)),
+        ("anchor_ms", json!(i64::MAX)),
+        ("anchor_ms", json!(-5)),
+    ];
+    for (n, (field, value)) in hostile.into_iter().enumerate() {
+        let mut record = good.clone();
+        record["timeline"][field] = value.clone();
+        record["timeline"]["epoch"] = json!(100 + n);
+        let announcement = json!({"id": "victim", "record": record});
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(record.to_string())
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(format!("{}:v1:sessions", prefix.0))
+            .arg(announcement.to_string())
+            .ignore()
+            .query(&mut redis)
+            .unwrap();
+        // Frames keep coming and keep moving: the record was not adopted.
+        let first = viewer.next_frame().await.i;
+        let mut last = first;
+        for _ in 0..10 {
+            last = viewer.next_frame().await.i;
+        }
+        assert!(
+            last > first,
+            "{field}={value}: playing on ({first} → {last})"
+        );
+        let info = hub.session_info("victim").await;
+        assert_eq!(info.state.speed, 1.0, "{field}={value}");
+        assert!(info.state.epoch < 100, "{field}={value}: not adopted");
+    }
+    // A viewer joining now is served; so is a listing that meets the stored bad record.
+    let mut late = Viewer::connect(&hub.ws_url("victim", None)).await;
+    late.next_frame().await;
+    assert_eq!(hub.get("/api/sessions").await.status(), 200);
+}

@@ -206,8 +206,10 @@ impl Viewer {
 
     /// The next message, decoded; panics after [`PATIENCE`] without one.
     pub async fn next(&mut self) -> Received {
+        // One deadline for the whole wait: pings in between do not extend it.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a message in time");
             match message {
