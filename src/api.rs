@@ -259,9 +259,15 @@ async fn race_frames(
     range: web::Query<FrameRange>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let encoded = state.hub.send(LoadRace(race.into_inner())).await??;
+    // The range is checked against the metadata first: a bad request loads nothing.
+    let race = race.into_inner();
+    let entry = state
+        .hub
+        .send(GetRace(race.clone()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no race {race:?}")))?;
     let FrameRange { from, to } = range.into_inner();
-    let total = encoded.total_frames();
+    let total = entry.meta.total_frames;
     let max = state.max_frames_per_request;
     if from >= to || to > total {
         return Err(ApiError::BadRequest(format!(
@@ -272,6 +278,13 @@ async fn race_frames(
         return Err(ApiError::BadRequest(format!(
             "range of {} frames is over the limit of {max} per request",
             to - from
+        )));
+    }
+    let encoded = state.hub.send(LoadRace(race)).await??;
+    if encoded.total_frames() != total {
+        return Err(ApiError::Internal(format!(
+            "race {:?} changed while it loaded; ask again",
+            encoded.id()
         )));
     }
     Ok(HttpResponse::Ok()

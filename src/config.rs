@@ -126,6 +126,17 @@ pub struct Config {
     #[arg(long, env = "REPLAY_HUB_LOOKAHEAD_WINDOW_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(200..=5_000))]
     pub lookahead_window_ms: u64,
 
+    /// Memory encoded races may take, in bytes. Races no session plays are dropped, least
+    /// recently used first, to stay under it; a race that would not fit beside the races being
+    /// played is refused with 503.
+    #[arg(long, env = "REPLAY_HUB_RACE_MEMORY_BUDGET", default_value_t = 1 << 30)]
+    pub race_memory_budget: u64,
+
+    /// After a race fails to load (a broken file, a cache and file both unusable), requests for
+    /// it get the same error for this long before it is tried again, in ms.
+    #[arg(long, env = "REPLAY_HUB_LOAD_RETRY_MS", default_value_t = 30_000)]
+    pub load_retry_ms: u64,
+
     /// Largest WebSocket message a client may send, in bytes; larger closes with 1009.
     #[arg(long, env = "REPLAY_HUB_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,

@@ -118,6 +118,11 @@ impl EncodedRace {
             .slice(self.offsets[from as usize] as usize..self.offsets[to as usize] as usize)
     }
 
+    /// Memory the race holds: its frames and their offsets.
+    pub fn memory_bytes(&self) -> u64 {
+        (self.buf.len() + self.offsets.len() * 4) as u64
+    }
+
     /// Bytes held by the encoded frames.
     pub fn encoded_bytes(&self) -> usize {
         self.buf.len()

@@ -78,7 +78,9 @@ impl From<HubError> for ApiError {
             HubError::SessionExists(_) => Self::Conflict(message),
             HubError::InvalidId(_) | HubError::InvalidRace(_) => Self::BadRequest(message),
             HubError::Storage(_) => Self::Internal(message),
-            HubError::TooManySessions(_) => Self::Unavailable(message),
+            HubError::TooManySessions(_) | HubError::RaceMemoryFull { .. } => {
+                Self::Unavailable(message)
+            }
             HubError::LoadFailed { .. } => Self::Internal(message),
         }
     }

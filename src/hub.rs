@@ -47,6 +47,44 @@ pub enum HubError {
     InvalidRace(String),
     #[error("could not store the race: {0}")]
     Storage(String),
+    #[error("race {race:?} needs about {needed} bytes and the races being played hold {pinned} of the {budget} byte race memory budget; end a session or raise --race-memory-budget")]
+    RaceMemoryFull {
+        race: String,
+        needed: u64,
+        pinned: u64,
+        budget: u64,
+    },
+}
+
+/// How much memory loaded races may take, and how long a failed load is remembered.
+#[derive(Debug, Clone, Copy)]
+pub struct RaceLimits {
+    /// Bytes of encoded races kept in memory; races no session plays are dropped (least
+    /// recently used first) to stay under it.
+    pub memory_budget: u64,
+    /// A race that failed to load answers with the same error for this long before it is tried
+    /// again, so a broken file is not re-read on every request.
+    pub load_retry: Duration,
+}
+
+impl Default for RaceLimits {
+    fn default() -> Self {
+        Self {
+            memory_budget: 1 << 30,
+            load_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A race in memory, and when it was last asked for.
+struct Loaded {
+    race: Arc<EncodedRace>,
+    used: std::time::Instant,
+}
+
+/// A rough size of a race's encoded frames, from its metadata, before it is loaded.
+fn estimated_bytes(meta: &RaceMeta) -> u64 {
+    u64::from(meta.total_frames) * (44 + 56 * meta.drivers.len() as u64)
 }
 
 /// True for ids usable in URLs and keys: 1–64 of `[a-z0-9_-]`.
@@ -124,6 +162,7 @@ async fn load_race(
     path: Option<PathBuf>,
     cache: Option<Arc<RaceCache>>,
     metrics: Arc<Metrics>,
+    max_bytes: u64,
 ) -> Result<Arc<EncodedRace>, String> {
     let started = std::time::Instant::now();
     let backend = cache.as_ref().map_or("none", |c| c.backend());
@@ -145,7 +184,7 @@ async fn load_race(
     };
     let mut cache_error = None;
     if let Some(cache) = &cache {
-        match cache.load(&id, content.as_deref(), u64::MAX).await {
+        match cache.load(&id, content.as_deref(), max_bytes).await {
             Ok(Some(race)) => {
                 cache.stats.hits.fetch_add(1, Ordering::Relaxed);
                 count("hit");
@@ -214,8 +253,11 @@ type LoadResult = Result<Arc<EncodedRace>, HubError>;
 
 pub struct Hub {
     races: BTreeMap<String, RaceEntry>,
-    loaded: HashMap<String, Arc<EncodedRace>>,
+    loaded: HashMap<String, Loaded>,
     loading: HashMap<String, Vec<oneshot::Sender<LoadResult>>>,
+    /// Loads that failed recently, and when.
+    failed: HashMap<String, (std::time::Instant, HubError)>,
+    limits: RaceLimits,
     sessions: BTreeMap<String, SessionEntry>,
     cache: Option<Arc<RaceCache>>,
     data_dir: PathBuf,
@@ -249,10 +291,18 @@ impl Hub {
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
             loaded: HashMap::new(),
             loading: HashMap::new(),
+            failed: HashMap::new(),
+            limits: RaceLimits::default(),
             sessions: BTreeMap::new(),
             max_sessions,
             max_viewers_per_session,
         }
+    }
+
+    /// Bounds the memory races take and how often a broken race is retried.
+    pub fn with_limits(mut self, limits: RaceLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Shares sessions with other replicas through `broker`.
@@ -264,23 +314,48 @@ impl Hub {
     /// A future of the encoded race: at once when loaded, else joining (or starting) its load.
     fn load(&mut self, race: &str, ctx: &mut Context<Self>) -> oneshot::Receiver<LoadResult> {
         let (tx, rx) = oneshot::channel();
-        if let Some(encoded) = self.loaded.get(race) {
-            let _ = tx.send(Ok(encoded.clone()));
+        let now = std::time::Instant::now();
+        if let Some(loaded) = self.loaded.get_mut(race) {
+            loaded.used = now;
+            let _ = tx.send(Ok(loaded.race.clone()));
             return rx;
         }
         let Some(entry) = self.races.get(race) else {
             let _ = tx.send(Err(HubError::RaceNotFound(race.to_owned())));
             return rx;
         };
+        if let Some((at, err)) = self.failed.get(race) {
+            if now.duration_since(*at) < self.limits.load_retry {
+                let _ = tx.send(Err(err.clone()));
+                return rx;
+            }
+        }
         if let Some(waiters) = self.loading.get_mut(race) {
             waiters.push(tx);
+            return rx;
+        }
+        let (needed, pinned) = (estimated_bytes(&entry.meta), self.pinned_bytes());
+        let budget = self.limits.memory_budget;
+        if pinned.saturating_add(needed) > budget {
+            let _ = tx.send(Err(HubError::RaceMemoryFull {
+                race: race.to_owned(),
+                needed,
+                pinned,
+                budget,
+            }));
             return rx;
         }
         self.loading.insert(race.to_owned(), vec![tx]);
         let path = entry.path.clone();
         let race = race.to_owned();
         tracing::info!(race = %race, "loading race");
-        let task = load_race(race.clone(), path, self.cache.clone(), self.metrics.clone());
+        let task = load_race(
+            race.clone(),
+            path,
+            self.cache.clone(),
+            self.metrics.clone(),
+            budget,
+        );
         ctx.spawn(task.into_actor(self).map(move |result, act, _| {
             act.finish_load(race, result);
         }));
@@ -296,21 +371,70 @@ impl Hub {
                     bytes = encoded.encoded_bytes(),
                     "race loaded"
                 );
-                self.loaded.insert(race.clone(), encoded.clone());
-                self.metrics.races_loaded.set(self.loaded.len() as i64);
+                self.keep_loaded(&race, encoded.clone());
                 Ok(encoded)
             }
             Err(reason) => {
                 tracing::error!(race = %race, %reason, "race load failed");
-                Err(HubError::LoadFailed {
+                let err = HubError::LoadFailed {
                     race: race.clone(),
                     reason,
-                })
+                };
+                self.failed
+                    .insert(race.clone(), (std::time::Instant::now(), err.clone()));
+                Err(err)
             }
         };
         for waiter in self.loading.remove(&race).unwrap_or_default() {
             let _ = waiter.send(result.clone());
         }
+    }
+
+    /// Keeps a just-loaded race in memory, then drops the least recently used races that no
+    /// session plays until the loaded races fit the budget again.
+    fn keep_loaded(&mut self, race: &str, encoded: Arc<EncodedRace>) {
+        let now = std::time::Instant::now();
+        self.failed.remove(race);
+        self.loaded.insert(
+            race.to_owned(),
+            Loaded {
+                race: encoded,
+                used: now,
+            },
+        );
+        let mut held: u64 = self.loaded.values().map(|l| l.race.memory_bytes()).sum();
+        while held > self.limits.memory_budget {
+            let oldest = self
+                .loaded
+                .iter()
+                .filter(|(id, _)| id.as_str() != race && !self.is_played(id))
+                .min_by_key(|(_, l)| l.used)
+                .map(|(id, _)| id.clone());
+            let Some(id) = oldest else {
+                break;
+            };
+            if let Some(evicted) = self.loaded.remove(&id) {
+                held -= evicted.race.memory_bytes();
+                self.metrics.races_evicted.inc();
+                tracing::info!(race = %id, bytes = evicted.race.memory_bytes(), "race dropped from memory to stay within the budget");
+            }
+        }
+        self.metrics.races_loaded.set(self.loaded.len() as i64);
+        self.metrics.race_memory.set(held as i64);
+    }
+
+    /// True while a session plays `race`.
+    fn is_played(&self, race: &str) -> bool {
+        self.sessions.values().any(|s| s.race == race)
+    }
+
+    /// Memory of the loaded races that sessions play, which cannot be dropped.
+    fn pinned_bytes(&self) -> u64 {
+        self.loaded
+            .iter()
+            .filter(|(id, _)| self.is_played(id))
+            .map(|(_, l)| l.race.memory_bytes())
+            .sum()
     }
 
     fn check_new_session(&mut self, id: Option<&str>) -> Result<(), HubError> {
@@ -349,6 +473,7 @@ impl Hub {
         if path.is_none() && self.races.get(&id).is_some_and(|r| r.path.is_some()) {
             return;
         }
+        self.failed.remove(&id);
         self.races.insert(id, RaceEntry::new(path, meta));
     }
 
@@ -697,8 +822,7 @@ impl Handler<ImportRace> for Hub {
             let created = !act.races.contains_key(&id);
             act.races
                 .insert(id.clone(), RaceEntry::new(Some(path), (*race.meta).clone()));
-            act.loaded.insert(id.clone(), race.clone());
-            act.metrics.races_loaded.set(act.loaded.len() as i64);
+            act.keep_loaded(&id, race.clone());
             if let Some(cache) = &act.cache {
                 write_back(cache.clone(), race, content);
             }

@@ -103,6 +103,10 @@ impl App {
                 metrics.clone(),
             )
             .with_broker(broker.clone())
+            .with_limits(hub::RaceLimits {
+                memory_budget: config.race_memory_budget,
+                load_retry: Duration::from_millis(config.load_retry_ms),
+            })
         });
         let admin_token = config
             .admin_token

@@ -82,6 +82,13 @@ pub struct Metrics {
     pub load_seconds: HistogramVec,
     pub ws_connects: IntCounter,
     pub ws_disconnects: IntCounterVec,
+    /// Bytes of encoded races held in memory, against `--race-memory-budget`.
+    pub race_memory: IntGauge,
+    pub races_evicted: IntCounter,
+    /// 1 while the broker is subscribed (only with `--broker`).
+    pub broker_up: IntGauge,
+    /// WebSocket upgrades refused before a viewer started, by reason.
+    pub ws_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -199,9 +206,35 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap_or_else(unreachable),
+            race_memory: IntGauge::with_opts(opts(
+                "hub_race_memory_bytes",
+                "Bytes of encoded races held in memory (bounded by --race-memory-budget)",
+            ))
+            .unwrap_or_else(unreachable),
+            races_evicted: IntCounter::with_opts(opts(
+                "hub_races_evicted_total",
+                "Loaded races dropped from memory to stay within the race memory budget",
+            ))
+            .unwrap_or_else(unreachable),
+            broker_up: IntGauge::with_opts(opts(
+                "broker_up",
+                "1 while the broker (replica coordination through Redis) is subscribed, else 0",
+            ))
+            .unwrap_or_else(unreachable),
+            ws_refused: IntCounterVec::new(
+                opts(
+                    "ws_refused_total",
+                    "WebSocket upgrades refused before a viewer started, by reason: origin, per_ip",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(unreachable),
             registry,
         };
         m.register_all();
+        for reason in ["origin", "per_ip"] {
+            m.ws_refused.with_label_values(&[reason]);
+        }
         // Every label value a dashboard expects exists from the start, at zero.
         for reason in ["slow", "stalled"] {
             m.frames_dropped.with_label_values(&[reason]);
@@ -213,7 +246,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
             Box::new(self.process_cpu_ratio.clone()),
             Box::new(self.process_cpu_seconds.clone()),
             Box::new(self.process_resident_memory.clone()),
@@ -233,6 +266,10 @@ impl Metrics {
             Box::new(self.load_seconds.clone()),
             Box::new(self.ws_connects.clone()),
             Box::new(self.ws_disconnects.clone()),
+            Box::new(self.race_memory.clone()),
+            Box::new(self.races_evicted.clone()),
+            Box::new(self.broker_up.clone()),
+            Box::new(self.ws_refused.clone()),
             Box::new(build_info()),
         ];
         for collector in collectors {

@@ -322,3 +322,111 @@ async fn hostile_broker_records_are_refused_and_the_session_plays_on() {
     late.next_frame().await;
     assert_eq!(hub.get("/api/sessions").await.status(), 200);
 }
+
+/// The test race's file with its id changed (and its checksum redone), as another race.
+fn race_copy(id: &str) -> Vec<u8> {
+    use replay_hub::race::RaceMeta;
+    let bytes = std::fs::read(race_file()).unwrap();
+    let meta_len = u32::from_be_bytes(bytes[10..14].try_into().unwrap()) as usize;
+    let mut meta: RaceMeta = rmp_serde::from_slice(&bytes[14..14 + meta_len]).unwrap();
+    meta.id = id.into();
+    let meta_bytes = rmp_serde::to_vec(&meta).unwrap();
+    let mut out = bytes[..10].to_vec();
+    out.extend((meta_bytes.len() as u32).to_be_bytes());
+    out.extend(meta_bytes);
+    out.extend(&bytes[14 + meta_len..bytes.len() - 16]);
+    let crc = crc32fast::hash(&out);
+    out.extend(&bytes[bytes.len() - 16..bytes.len() - 4]);
+    out.extend(crc.to_be_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_races_stay_within_the_memory_budget() {
+    let one_race = replay_hub::hub::load_race_file(race_file())
+        .unwrap()
+        .memory_bytes();
+    let hub = TestHub::start_with(|c| {
+        for id in ["x1", "x2", "x3"] {
+            std::fs::write(c.data_dir.join(format!("{id}.race")), race_copy(id)).unwrap();
+        }
+        // The demo plays the first race by id, test-race. Room for it (its session pins it)
+        // and about one and a half more.
+        c.race_memory_budget = one_race * 5 / 2;
+    });
+    let loaded = || metric(&hub, "replay_hub_hub_races_loaded");
+    assert_eq!(loaded().await, 1.0, "the demo's race");
+    // A bad range is refused from the metadata: nothing is loaded for it.
+    let response = hub.get("/api/races/x1/frames?from=0&to=0").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(loaded().await, 1.0, "a bad range loads nothing");
+    // Anonymous frame requests load races, and the least recently used one no session plays
+    // goes to make room.
+    for id in ["x1", "x2", "x3"] {
+        let response = hub
+            .get(&format!("/api/races/{id}/frames?from=0&to=2"))
+            .await;
+        assert_eq!(response.status(), 200, "{id}");
+        assert_eq!(loaded().await, 2.0, "after {id}");
+    }
+    assert_eq!(
+        metric(&hub, "replay_hub_hub_races_evicted_total").await,
+        2.0
+    );
+    let held = metric(&hub, "replay_hub_hub_race_memory_bytes").await;
+    assert!(held <= (one_race * 5 / 2) as f64, "{held} bytes held");
+    // A session pins its race; a second played race leaves no room for a third.
+    let create = |race: &'static str, id: &'static str| {
+        hub.http()
+            .post(hub.url("/api/sessions"))
+            .bearer_auth(&hub.admin_token)
+            .json(&serde_json::json!({"race": race, "id": id}))
+            .send()
+    };
+    assert_eq!(create("x3", "on-x3").await.unwrap().status(), 201);
+    let refused = create("x1", "on-x1").await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("race memory budget"),
+        "{body}"
+    );
+    // The played races are still served.
+    let mut viewer = Viewer::connect(&hub.ws_url("on-x3", None)).await;
+    viewer.next_frame().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_that_fails_to_load_is_not_read_again_on_every_request() {
+    let hub = TestHub::start_with(|c| {
+        // A good header over damaged frames: it lists, and fails when loaded.
+        let mut bytes = race_copy("broken");
+        let middle = bytes.len() / 2;
+        bytes[middle..middle + 64].fill(0xc1);
+        std::fs::write(c.data_dir.join("broken.race"), bytes).unwrap();
+    });
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        let response = hub.get("/api/races/broken/frames?from=0&to=1").await;
+        assert_eq!(response.status(), 500);
+        let body: serde_json::Value = response.json().await.unwrap();
+        messages.push(body["message"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        messages[0].contains("could not be loaded"),
+        "{}",
+        messages[0]
+    );
+    assert!(messages.iter().all(|m| m == &messages[0]), "{messages:?}");
+    // Each load asks the cache first: one load was tried, not three. (The demo's race was a
+    // miss too when the hub started.)
+    let misses = metric(
+        &hub,
+        "replay_hub_cache_requests_total{backend=\"dir\",result=\"miss\"}",
+    )
+    .await;
+    assert_eq!(misses, 2.0, "the demo's race and one try of the broken one");
+}
