@@ -32,6 +32,8 @@ impl Cli {
     }
 }
 
+/// Made once per run, so the size of `Serve`'s config does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve races and sessions over HTTP and WebSocket (the default).
