@@ -47,6 +47,10 @@ use crate::viewer::ViewerLimits;
 pub enum StartError {
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
+    #[error("data directory {path}: not a directory (give --data-dir a directory, or a path to create one at)")]
+    NotADirectory { path: PathBuf },
+    #[error("could not listen on {addr}: the address is already in use by another process; pick another with --bind HOST:PORT (or REPLAY_HUB_BIND)")]
+    AddrInUse { addr: SocketAddr },
     #[error("could not generate the demo race: {0}")]
     Demo(String),
     #[error("could not bind {addr}: {source}")]
@@ -62,13 +66,28 @@ pub struct App {
     addr: SocketAddr,
     hub: Addr<Hub>,
     admin_token: String,
+    /// True when the admin token was generated here rather than configured.
+    admin_token_generated: bool,
     demo: Option<Created>,
     shutdown_timeout: Duration,
+}
+
+/// Binds the listener first, so a taken port fails before any race is loaded.
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => StartError::AddrInUse { addr },
+        _ => StartError::Bind { addr, source },
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 impl App {
     /// Starts everything but does not wait: call [`App::run`]. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let (listener, addr) = bind(config.bind)?;
         let cache = RaceCache::open(
             &config.cache.spec(&config.data_dir),
             &config.cache.cache_prefix,
@@ -141,14 +160,6 @@ impl App {
             broker,
             draining: draining.clone(),
         };
-        let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
         let max_json = config.max_json_bytes;
         let user_timeout = Duration::from_millis(config.tcp_user_timeout_ms);
         let send_buffer = config.socket_send_buffer;
@@ -180,6 +191,7 @@ impl App {
             addr,
             hub,
             admin_token,
+            admin_token_generated: config.admin_token.is_none(),
             demo,
             shutdown_timeout: config.shutdown_timeout(),
         })
@@ -191,6 +203,11 @@ impl App {
 
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// True when no admin token was configured and this one was generated at start.
+    pub fn admin_token_generated(&self) -> bool {
+        self.admin_token_generated
     }
 
     pub fn hub(&self) -> Addr<Hub> {
@@ -347,6 +364,11 @@ pub fn scan_races(dir: &Path) -> Result<Vec<RaceEntry>, StartError> {
         path: dir.to_owned(),
         source,
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(StartError::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
     fs::create_dir_all(dir).map_err(dir_err)?;
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(dir_err)?
@@ -408,6 +430,16 @@ fn write_generated(
 /// `replay-hub import`: validates and encodes a race file, then stores it in the cache.
 pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, String> {
     let spec = args.cache.spec(&args.data_dir);
+    let wait = Duration::from_millis(args.wait_ms);
+    if let cache::CacheSpec::Redis(url) = &spec {
+        probe_redis(url, wait).await.map_err(|err| {
+            format!(
+                "import: the Redis cache at {url} does not answer ({err}, waited up to {} s): \
+                 start Redis, or pass another --cache (redis://HOST:PORT/DB, dir:PATH)",
+                wait.as_secs_f64()
+            )
+        })?;
+    }
     let cache = RaceCache::open(
         &spec,
         &args.cache.cache_prefix,
@@ -421,11 +453,9 @@ pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, Strin
         .await
         .map_err(|e| e.to_string())??;
     let encoded = started.elapsed();
-    for _ in 0..100 {
-        if cache.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    while !cache.is_ready() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let race = std::sync::Arc::new(race);
     cache
@@ -441,6 +471,22 @@ pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, Strin
         started.elapsed().as_secs_f64(),
         encoded.as_secs_f64()
     ))
+}
+
+/// Whether the Redis at `url` answers a PING within `wait`.
+async fn probe_redis(url: &str, wait: Duration) -> Result<(), redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(wait, ping).await {
+        Ok(answer) => answer.map(|_| ()),
+        Err(_) => Err(redis::RedisError::from(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer",
+        ))),
+    }
 }
 
 /// `replay-hub generate`: a deterministic race file, with a progress bar on a terminal.
