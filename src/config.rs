@@ -372,7 +372,14 @@ mod tests {
         ] {
             assert_eq!(parse_bind(given).unwrap().to_string(), expected, "{given}");
         }
-        for bad in ["", "example.com:80", "localhost", "127.0.0.1", "8080x", "70000"] {
+        for bad in [
+            "",
+            "example.com:80",
+            "localhost",
+            "127.0.0.1",
+            "8080x",
+            "70000",
+        ] {
             let err = parse_bind(bad).unwrap_err().to_string();
             assert!(err.contains("HOST:PORT"), "{bad}: {err}");
         }
@@ -380,8 +387,15 @@ mod tests {
 
     #[test]
     fn log_format_is_global() {
-        let cli = Cli::try_parse_from(["replay-hub", "generate", "--out", "x", "--log-format", "json"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "replay-hub",
+            "generate",
+            "--out",
+            "x",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         let cli = Cli::try_parse_from(["replay-hub"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Text);

@@ -30,7 +30,7 @@ use crate::session::{
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
-    #[error("no race {0:?}")]
+    #[error("no race {0:?}: GET /api/races lists the races; a race file put in the hub's data directory (--data-dir) is picked up within seconds, or at once with POST /api/races/rescan")]
     RaceNotFound(String),
     #[error("no session {0:?}")]
     SessionNotFound(String),
@@ -850,6 +850,73 @@ impl Handler<SessionRace> for Hub {
     fn handle(&mut self, msg: SessionRace, _: &mut Context<Self>) -> Self::Result {
         let addr = self.sessions.get(&msg.0).map(|s| s.addr.clone());
         Box::pin(async move { addr?.send(PlayedRace).await.ok() })
+    }
+}
+
+/// A fresh listing of the data directory's race files (see [`crate::datadir`]): races whose
+/// file is new or changed enter the catalogue, races whose file is gone leave it. Sessions
+/// playing a changed or removed race play on with the copy they have.
+#[derive(Message)]
+#[rtype(result = "RescanReport")]
+pub struct Rescanned(pub Vec<RaceEntry>);
+
+/// What a rescan changed, by race id.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct RescanReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Races in the catalogue afterwards.
+    pub races: usize,
+}
+
+impl RescanReport {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl Handler<Rescanned> for Hub {
+    type Result = MessageResult<Rescanned>;
+    fn handle(&mut self, msg: Rescanned, _: &mut Context<Self>) -> Self::Result {
+        let mut report = RescanReport::default();
+        let listed: std::collections::HashSet<String> =
+            msg.0.iter().map(|r| r.meta.id.clone()).collect();
+        for entry in msg.0 {
+            let id = entry.meta.id.clone();
+            match self.races.get(&id) {
+                Some(known) if known.etag == entry.etag => {
+                    if known.path == entry.path {
+                        continue;
+                    }
+                }
+                Some(known) if known.path.is_some() => {
+                    // New metadata in the file: the next load reads it again.
+                    self.loaded.remove(&id);
+                    report.changed.push(id.clone());
+                }
+                _ => report.added.push(id.clone()),
+            }
+            self.races.insert(id, entry);
+        }
+        let gone: Vec<String> = self
+            .races
+            .iter()
+            // Checked again here: a listing made just before an upload landed does not hold it.
+            .filter(|(id, race)| {
+                !listed.contains(*id) && race.path.as_ref().is_some_and(|p| !p.exists())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            // A cache that still holds it is asked again on the next request.
+            self.races.remove(&id);
+            self.loaded.remove(&id);
+            report.removed.push(id);
+        }
+        self.metrics.races_loaded.set(self.loaded.len() as i64);
+        report.races = self.races.len();
+        MessageResult(report)
     }
 }
 

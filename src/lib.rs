@@ -8,6 +8,7 @@ pub mod api;
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod datadir;
 pub mod encode;
 pub mod error;
 pub mod feed;
@@ -22,9 +23,9 @@ pub mod viewer;
 
 use std::fs::{self, File};
 use std::future::Future;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,16 +40,16 @@ use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
 use crate::metrics::Metrics;
-use crate::race::{generate, read_meta, write_race, GenParams};
+use crate::race::{generate, write_race, GenParams};
 use crate::viewer::ViewerLimits;
+
+pub use crate::datadir::scan_races;
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: io::Error },
-    #[error("data directory {path}: not a directory (give --data-dir a directory, or a path to create one at)")]
-    NotADirectory { path: PathBuf },
+    #[error(transparent)]
+    DataDir(#[from] datadir::ScanError),
     #[error("could not listen on {addr}: the address is already in use by another process; pick another with --bind HOST:PORT (or REPLAY_HUB_BIND)")]
     AddrInUse { addr: SocketAddr },
     #[error("could not generate the demo race: {0}")]
@@ -70,6 +71,8 @@ pub struct App {
     admin_token_generated: bool,
     demo: Option<Created>,
     shutdown_timeout: Duration,
+    /// Keeps the catalogue in step with the data directory while the hub runs.
+    _watcher: datadir::DataDirWatcher,
 }
 
 /// Binds the listener first, so a taken port fails before any race is loaded.
@@ -185,7 +188,13 @@ impl App {
                 source,
             })?
             .run();
+        let watcher = datadir::DataDirWatcher::start(
+            config.data_dir.clone(),
+            hub.clone(),
+            config.rescan_interval(),
+        );
         Ok(Self {
+            _watcher: watcher,
             draining,
             server,
             addr,
@@ -355,43 +364,6 @@ async fn cached_race_ids(cache: &RaceCache) -> Vec<String> {
         tracing::warn!(%err, "could not list cached races");
         Vec::new()
     })
-}
-
-/// Lists the race files in `dir` (creating it if needed). Unreadable files are skipped with a
-/// warning; loading them later gives the precise error.
-pub fn scan_races(dir: &Path) -> Result<Vec<RaceEntry>, StartError> {
-    let dir_err = |source| StartError::DataDir {
-        path: dir.to_owned(),
-        source,
-    };
-    if dir.exists() && !dir.is_dir() {
-        return Err(StartError::NotADirectory {
-            path: dir.to_owned(),
-        });
-    }
-    fs::create_dir_all(dir).map_err(dir_err)?;
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(dir_err)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "race"))
-        .collect();
-    paths.sort();
-    let mut races: Vec<RaceEntry> = Vec::new();
-    for path in paths {
-        let meta = File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| read_meta(BufReader::new(f)).map_err(|e| e.to_string()));
-        match meta {
-            Ok(meta) if races.iter().any(|r| r.meta.id == meta.id) => {
-                tracing::warn!(path = %path.display(), id = %meta.id, "duplicate race id; skipped");
-            }
-            Ok(meta) => races.push(RaceEntry::new(Some(path), meta)),
-            Err(err) => {
-                tracing::warn!(path = %path.display(), %err, "not a usable race file; skipped")
-            }
-        }
-    }
-    Ok(races)
 }
 
 /// A short generated race, so a hub with no races still has something to play.

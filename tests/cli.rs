@@ -48,7 +48,10 @@ fn assert_one_line_error(output: &Output, expected: &[&str]) -> String {
     for piece in expected {
         assert!(lines[0].contains(piece), "{piece:?} missing from: {stderr}");
     }
-    assert!(!stderr.contains("backtrace") && !stderr.contains("Backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Backtrace"),
+        "{stderr}"
+    );
     stderr
 }
 
@@ -188,7 +191,10 @@ fn the_admin_token_is_printed_only_when_generated() {
 fn piped_logs_have_no_colour_codes_and_json_logs_parse() {
     let (_, text) = serve_briefly(&[], &[]);
     assert!(text.contains("INFO"), "{text}");
-    assert!(!text.contains('\u{1b}'), "escape codes in piped logs: {text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in piped logs: {text:?}"
+    );
 
     let (_, json) = serve_briefly(&["--log-format", "json"], &[]);
     let events: Vec<serde_json::Value> = json
@@ -197,7 +203,10 @@ fn piped_logs_have_no_colour_codes_and_json_logs_parse() {
         .collect();
     assert!(!events.is_empty());
     for event in &events {
-        assert!(event["level"].is_string() && event["fields"].is_object(), "{event}");
+        assert!(
+            event["level"].is_string() && event["fields"].is_object(),
+            "{event}"
+        );
     }
     let (_, env) = serve_briefly(&[], &[("REPLAY_HUB_LOG_FORMAT", "json")]);
     assert!(env.lines().all(|l| l.starts_with('{')), "{env}");
