@@ -27,6 +27,7 @@ use crate::race::{RaceMeta, RaceReader};
 use crate::session::{
     End, GetInfo, PlayedRace, Resync, Session, SessionInfo, SessionSync, StatsSnapshot, Sync,
 };
+use crate::session_store::{LocalSync, SessionStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
@@ -222,6 +223,8 @@ pub struct Hub {
     lookahead_window: Duration,
     metrics: Arc<Metrics>,
     broker: Option<Arc<Broker>>,
+    /// Without a broker: where sessions are kept for a restart.
+    store: Option<SessionStore>,
 }
 
 impl Hub {
@@ -238,6 +241,7 @@ impl Hub {
             lookahead_window,
             metrics,
             broker: None,
+            store: None,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -252,6 +256,12 @@ impl Hub {
     /// Shares sessions with other replicas through `broker`.
     pub fn with_broker(mut self, broker: Option<Arc<Broker>>) -> Self {
         self.broker = broker;
+        self
+    }
+
+    /// Keeps sessions in `store` so they survive a restart (used only without a broker).
+    pub fn with_store(mut self, store: Option<SessionStore>) -> Self {
+        self.store = store;
         self
     }
 
@@ -395,6 +405,14 @@ impl Hub {
                     timeline: session.shared(),
                 });
             }
+        }
+        if let (None, Some(store)) = (&self.broker, &self.store) {
+            let local = LocalSync {
+                store: store.clone(),
+                race: race.id().to_owned(),
+                token_sha256: token_sha256.clone(),
+            };
+            session = session.with_local_store(local, joined.as_ref().map(|r| r.timeline));
         }
         let addr = session.start();
         tracing::info!(session = %id, race = %race.id(), joined = joined.is_some(), "session started");
@@ -781,6 +799,11 @@ impl Hub {
             return false;
         };
         tracing::info!(session = %id, race = %entry.race, "session ended");
+        if let Some(store) = &self.store {
+            if let Err(err) = store.remove(id) {
+                tracing::warn!(session = %id, %err, "stored session not removed");
+            }
+        }
         self.metrics.sessions.set(self.sessions.len() as i64);
         let _ = self.metrics.session_viewers.remove_label_values(&[id]);
         entry.addr.do_send(End {
@@ -850,6 +873,40 @@ impl Handler<SessionRace> for Hub {
     fn handle(&mut self, msg: SessionRace, _: &mut Context<Self>) -> Self::Result {
         let addr = self.sessions.get(&msg.0).map(|s| s.addr.clone());
         Box::pin(async move { addr?.send(PlayedRace).await.ok() })
+    }
+}
+
+/// Starts a session kept in the session store by an earlier run of this hub, with its id,
+/// control token and timeline. A record whose race is gone is removed.
+#[derive(Message)]
+#[rtype(result = "Result<(), HubError>")]
+pub struct ResumeSession {
+    pub id: String,
+    pub record: SessionRecord,
+}
+
+impl Handler<ResumeSession> for Hub {
+    type Result = ResponseActFuture<Self, Result<(), HubError>>;
+    fn handle(&mut self, msg: ResumeSession, _: &mut Context<Self>) -> Self::Result {
+        let ResumeSession { id, record } = msg;
+        Box::pin(self.discover(&record.race).then(move |(), act, ctx| {
+            let rx = act.load(&record.race, ctx);
+            rx.into_actor(act).map(move |loaded, act, _| {
+                let race = match loaded.unwrap_or_else(|_| Err(aborted(&record.race))) {
+                    Ok(race) => race,
+                    Err(err @ HubError::RaceNotFound(_)) => {
+                        if let Some(store) = &act.store {
+                            let _ = store.remove(&id);
+                        }
+                        return Err(err);
+                    }
+                    Err(err) => return Err(err),
+                };
+                let playing = record.timeline.playing;
+                act.start_session(Some(id), race, playing, Some(record))
+                    .map(|_| ())
+            })
+        }))
     }
 }
 

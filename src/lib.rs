@@ -19,6 +19,7 @@ pub mod outlet;
 pub mod pages;
 pub mod race;
 pub mod session;
+pub mod session_store;
 pub mod viewer;
 
 use std::fs::{self, File};
@@ -50,6 +51,8 @@ pub use crate::datadir::scan_races;
 pub enum StartError {
     #[error(transparent)]
     DataDir(#[from] datadir::ScanError),
+    #[error(transparent)]
+    SessionStore(#[from] session_store::StoreError),
     #[error("could not listen on {addr}: the address is already in use by another process; pick another with --bind HOST:PORT (or REPLAY_HUB_BIND)")]
     AddrInUse { addr: SocketAddr },
     #[error("could not generate the demo race: {0}")]
@@ -70,6 +73,8 @@ pub struct App {
     /// True when the admin token was generated here rather than configured.
     admin_token_generated: bool,
     demo: Option<Created>,
+    /// Sessions resumed from the data directory, by id.
+    resumed: Vec<String>,
     shutdown_timeout: Duration,
     /// Keeps the catalogue in step with the data directory while the hub runs.
     _watcher: datadir::DataDirWatcher,
@@ -108,6 +113,11 @@ impl App {
         candidates.extend(cached);
         let metrics = Metrics::new();
         metrics.sample_process(Duration::from_secs(1));
+        // Without a broker, sessions are kept in the data directory for a restart.
+        let store = match &config.broker {
+            Some(_) => None,
+            None => Some(session_store::SessionStore::open(&config.data_dir)?),
+        };
         let (broker_url, prefix) = (config.broker.clone(), config.cache.cache_prefix.clone());
         let mut broker = None;
         let hub = Hub::create(|ctx| {
@@ -124,6 +134,7 @@ impl App {
                 metrics.clone(),
             )
             .with_broker(broker.clone())
+            .with_store(store.clone())
         });
         let admin_token = config
             .admin_token
@@ -139,6 +150,10 @@ impl App {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let resumed = match &store {
+            Some(store) => resume_sessions(&hub, store, config.max_sessions).await,
+            None => Vec::new(),
+        };
         let demo = match config.demo_session.as_str() {
             "" => None,
             id => start_demo(&hub, id, candidates).await?,
@@ -202,6 +217,7 @@ impl App {
             admin_token,
             admin_token_generated: config.admin_token.is_none(),
             demo,
+            resumed,
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
@@ -221,6 +237,11 @@ impl App {
 
     pub fn hub(&self) -> Addr<Hub> {
         self.hub.clone()
+    }
+
+    /// Sessions kept by an earlier run and resumed at start (without a broker).
+    pub fn resumed(&self) -> &[String] {
+        &self.resumed
     }
 
     /// The session started at boot, if any.
@@ -282,6 +303,35 @@ async fn start_demo(
     }
     tracing::warn!("no race could be loaded; starting without a demo session");
     Ok(None)
+}
+
+/// Starts the sessions an earlier run kept in `store`; returns the ids that started.
+async fn resume_sessions(
+    hub: &Addr<Hub>,
+    store: &session_store::SessionStore,
+    max: usize,
+) -> Vec<String> {
+    let mut resumed = Vec::new();
+    for (id, record) in store.load_all(max) {
+        let race = record.race.clone();
+        match hub
+            .send(hub::ResumeSession {
+                id: id.clone(),
+                record,
+            })
+            .await
+        {
+            Ok(Ok(())) => resumed.push(id),
+            Ok(Err(err)) => {
+                tracing::warn!(session = %id, %race, %err, "stored session not resumed")
+            }
+            Err(err) => tracing::warn!(session = %id, %err, "stored session not resumed"),
+        }
+    }
+    if !resumed.is_empty() {
+        tracing::info!(sessions = ?resumed, "sessions resumed from the data directory");
+    }
+    resumed
 }
 
 /// The close reason viewers get on shutdown: the session goes on elsewhere, reconnect.

@@ -94,6 +94,9 @@ async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
         host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     println!("replay-hub listening on http://{host}");
+    for id in app.resumed() {
+        println!("resumed:     http://{host}/sessions/{id} (its control token is unchanged)");
+    }
     if let Some(demo) = app.demo() {
         println!("watch:       http://{host}/sessions/{}", demo.id);
         println!(

@@ -522,6 +522,8 @@ pub struct SessionSync {
 
 pub struct Session {
     sync: Option<SessionSync>,
+    /// Without a broker: where this session keeps its record for a restart.
+    local: Option<crate::session_store::LocalSync>,
     id: Arc<str>,
     race: Arc<EncodedRace>,
     timeline: Timeline,
@@ -557,6 +559,7 @@ impl Session {
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
         Self {
             sync: None,
+            local: None,
             id: Arc::from(id),
             state_frame: ws_text(state_message(&timeline.state(now))),
             state_version: 1,
@@ -587,6 +590,22 @@ impl Session {
         self
     }
 
+    /// Keeps this session's record in `local` up to date, so it survives a restart; with
+    /// `resumed`, it takes over the timeline it had before.
+    pub fn with_local_store(
+        mut self,
+        local: crate::session_store::LocalSync,
+        resumed: Option<SharedTimeline>,
+    ) -> Self {
+        if let Some(shared) = resumed {
+            self.timeline.adopt(&shared);
+            self.state_changed(Instant::now());
+        }
+        local.save(&self.id, self.timeline.shared());
+        self.local = Some(local);
+        self
+    }
+
     /// The timeline as replicas share it.
     pub fn shared(&self) -> SharedTimeline {
         self.timeline.shared()
@@ -607,6 +626,9 @@ impl Session {
     /// Announces the local timeline; if another replica's equal or newer one is stored,
     /// adopts that instead, so concurrent commands settle on one timeline everywhere.
     fn publish(&self, ctx: &mut Context<Self>) {
+        if let Some(local) = &self.local {
+            local.save(&self.id, self.timeline.shared());
+        }
         let Some(sync) = &self.sync else {
             return;
         };
