@@ -51,8 +51,6 @@ pub use crate::datadir::scan_races;
 pub enum StartError {
     #[error(transparent)]
     DataDir(#[from] datadir::ScanError),
-    #[error(transparent)]
-    SessionStore(#[from] session_store::StoreError),
     #[error("could not listen on {addr}: the address is already in use by another process; pick another with --bind HOST:PORT (or REPLAY_HUB_BIND)")]
     AddrInUse { addr: SocketAddr },
     #[error("could not generate the demo race: {0}")]
@@ -116,7 +114,11 @@ impl App {
         // Without a broker, sessions are kept in the data directory for a restart.
         let store = match &config.broker {
             Some(_) => None,
-            None => Some(session_store::SessionStore::open(&config.data_dir)?),
+            None => session_store::SessionStore::open(&config.data_dir)
+                .inspect_err(|err| {
+                    tracing::warn!(%err, "sessions will not survive a restart");
+                })
+                .ok(),
         };
         let (broker_url, prefix) = (config.broker.clone(), config.cache.cache_prefix.clone());
         let mut broker = None;

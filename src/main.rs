@@ -86,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
     let app = App::build(config)
         .await
         .context("replay-hub could not start")?;
@@ -95,7 +96,11 @@ async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
     }
     println!("replay-hub listening on http://{host}");
     for id in app.resumed() {
-        println!("resumed:     http://{host}/sessions/{id} (its control token is unchanged)");
+        let record = data_dir.join("sessions").join(format!("{id}.json"));
+        println!(
+            "resumed:     http://{host}/sessions/{id} (same control token as before; for a new one, delete the session or remove {} before starting)",
+            record.display()
+        );
     }
     if let Some(demo) = app.demo() {
         println!("watch:       http://{host}/sessions/{}", demo.id);
