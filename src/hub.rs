@@ -799,16 +799,27 @@ impl Hub {
             return false;
         };
         tracing::info!(session = %id, race = %entry.race, "session ended");
-        if let Some(store) = &self.store {
-            if let Err(err) = store.remove(id) {
-                tracing::warn!(session = %id, %err, "stored session not removed");
-            }
-        }
         self.metrics.sessions.set(self.sessions.len() as i64);
         let _ = self.metrics.session_viewers.remove_label_values(&[id]);
-        entry.addr.do_send(End {
+        let end = End {
             code: 1001,
             reason: reason.to_owned(),
+        };
+        let Some(store) = self.store.clone() else {
+            entry.addr.do_send(end);
+            return true;
+        };
+        if let Err(err) = store.remove(id) {
+            tracing::warn!(session = %id, %err, "stored session not removed");
+        }
+        // And again once the session has handled what was queued before its end, so a command
+        // still in its mailbox cannot have written the record back.
+        let (ended, id) = (entry.addr.send(end), id.to_owned());
+        actix::spawn(async move {
+            let _ = ended.await;
+            if let Err(err) = store.remove(&id) {
+                tracing::warn!(session = %id, %err, "stored session not removed");
+            }
         });
         true
     }
