@@ -54,6 +54,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/api")
                 .route("/races", web::get().to(list_races))
+                // Before `/races/{race}`, which would otherwise take the path.
+                .route("/races/rescan", web::post().to(rescan_races))
                 .route("/races/{race}", web::get().to(race_meta))
                 .route("/races/{race}", web::put().to(upload_race))
                 .route("/races/{race}/frames", web::get().to(race_frames))
@@ -207,6 +209,17 @@ async fn stage_upload(
     Ok(())
 }
 
+/// Lists the data directory again at once (the watcher does so on its own within seconds).
+async fn rescan_races(_: Admin, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let report = crate::datadir::rescan(&state.data_dir, &state.hub)
+        .await
+        .map_err(|err| match err {
+            crate::datadir::RescanError::Hub(err) => ApiError::from(err),
+            err => ApiError::Internal(err.to_string()),
+        })?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
 async fn list_races(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.hub.send(ListRaces).await?))
 }
@@ -221,7 +234,7 @@ async fn race_meta(
         .hub
         .send(GetRace(race.clone()))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no race {race:?}")))?;
+        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
     let etag = entry.etag.trim_matches('"').to_owned();
     let tag = EntityTag::new_strong(etag);
     let not_modified = match req.headers().get(header::IF_NONE_MATCH) {

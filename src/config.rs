@@ -23,6 +23,18 @@ pub struct Cli {
 
     #[command(flatten)]
     pub serve: Config,
+
+    /// Log format on stderr: `text` for people (coloured only on a terminal), `json` for log
+    /// shippers (one JSON object per line, with the span fields).
+    #[arg(long, env = "REPLAY_HUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log events are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Cli {
@@ -74,8 +86,9 @@ impl CacheArgs {
 /// Everything `serve` needs; tests build one with [`Config::for_tests`].
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on. Use port 0 to pick a free port.
-    #[arg(long, env = "REPLAY_HUB_BIND", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: HOST:PORT with an IP address or `localhost`, or a bare port
+    /// (`8080`, `:8080`) on 127.0.0.1. Use 0.0.0.0:PORT for every interface, port 0 for a free port.
+    #[arg(long, env = "REPLAY_HUB_BIND", default_value = "127.0.0.1:8080", value_parser = parse_bind)]
     pub bind: SocketAddr,
 
     /// Directory holding race files (`*.race`). Created if missing; when it holds no race, a short
@@ -188,6 +201,11 @@ pub struct Config {
     #[arg(long, env = "REPLAY_HUB_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
     pub socket_send_buffer: usize,
 
+    /// How often the data directory is listed again for race files added, changed or removed,
+    /// in ms, besides the file-system notifications that pick them up at once (0: never).
+    #[arg(long, env = "REPLAY_HUB_RESCAN_INTERVAL_MS", default_value_t = 30_000)]
+    pub rescan_interval_ms: u64,
+
     /// Most time shutdown may take before connections are cut, in ms.
     #[arg(long, env = "REPLAY_HUB_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout_ms: u64,
@@ -224,7 +242,38 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+
+    pub fn rescan_interval(&self) -> Option<Duration> {
+        (self.rescan_interval_ms > 0).then(|| Duration::from_millis(self.rescan_interval_ms))
+    }
 }
+
+/// Parses `--bind`: `HOST:PORT` with an IP address (`[::1]:8080` for IPv6) or `localhost`, or a
+/// bare port (`8080` or `:8080`), which listens on 127.0.0.1.
+pub fn parse_bind(value: &str) -> Result<SocketAddr, BadBind> {
+    let value = value.trim();
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port = value.strip_prefix(':').unwrap_or(value);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = value.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    Err(BadBind)
+}
+
+/// A `--bind` value that is neither an address nor a port.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "expected HOST:PORT with an IP address or localhost (127.0.0.1:8080, 0.0.0.0:8080, \
+     [::1]:8080, localhost:8080) or a bare port (8080)"
+)]
+pub struct BadBind;
 
 /// Arguments of `replay-hub generate`.
 #[derive(Debug, Clone, Args)]
@@ -264,6 +313,10 @@ pub struct ImportArgs {
 
     #[command(flatten)]
     pub cache: CacheArgs,
+
+    /// Longest wait for the cache to answer before giving up, in ms.
+    #[arg(long, env = "REPLAY_HUB_IMPORT_WAIT_MS", default_value_t = 5_000)]
+    pub wait_ms: u64,
 }
 
 /// Arguments of `replay-hub loadtest`.
@@ -319,6 +372,46 @@ mod tests {
                 other => panic!("expected serve, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn bind_takes_a_bare_port_and_localhost() {
+        for (given, expected) in [
+            ("8080", "127.0.0.1:8080"),
+            (":18503", "127.0.0.1:18503"),
+            ("localhost:18503", "127.0.0.1:18503"),
+            ("0.0.0.0:9000", "0.0.0.0:9000"),
+            ("[::1]:9000", "[::1]:9000"),
+        ] {
+            assert_eq!(parse_bind(given).unwrap().to_string(), expected, "{given}");
+        }
+        for bad in [
+            "",
+            "example.com:80",
+            "localhost",
+            "127.0.0.1",
+            "8080x",
+            "70000",
+        ] {
+            let err = parse_bind(bad).unwrap_err().to_string();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_global() {
+        let cli = Cli::try_parse_from([
+            "replay-hub",
+            "generate",
+            "--out",
+            "x",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["replay-hub"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
     }
 
     #[test]

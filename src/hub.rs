@@ -28,10 +28,11 @@ use crate::session::{
     End, GetInfo, PlayedRace, Resync, Session, SessionFailed, SessionInfo, SessionSync,
     StatsSnapshot, Sync,
 };
+use crate::session_store::{LocalSync, SessionStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
-    #[error("no race {0:?}")]
+    #[error("no race {0:?}: GET /api/races lists the races; a race file put in the hub's data directory (--data-dir) is picked up within seconds, or at once with POST /api/races/rescan")]
     RaceNotFound(String),
     #[error("no session {0:?}")]
     SessionNotFound(String),
@@ -269,6 +270,8 @@ pub struct Hub {
     broker: Option<Arc<Broker>>,
     /// This actor's own address, for sessions to report a failure to.
     me: Option<Addr<Hub>>,
+    /// Without a broker: where sessions are kept for a restart.
+    store: Option<SessionStore>,
 }
 
 impl Hub {
@@ -286,6 +289,7 @@ impl Hub {
             metrics,
             broker: None,
             me: None,
+            store: None,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -308,6 +312,12 @@ impl Hub {
     /// Shares sessions with other replicas through `broker`.
     pub fn with_broker(mut self, broker: Option<Arc<Broker>>) -> Self {
         self.broker = broker;
+        self
+    }
+
+    /// Keeps sessions in `store` so they survive a restart (used only without a broker).
+    pub fn with_store(mut self, store: Option<SessionStore>) -> Self {
+        self.store = store;
         self
     }
 
@@ -530,6 +540,14 @@ impl Hub {
         }
         if let Some(me) = &self.me {
             session = session.on_failure(me.clone().recipient());
+        }
+        if let (None, Some(store)) = (&self.broker, &self.store) {
+            let local = LocalSync {
+                store: store.clone(),
+                race: race.id().to_owned(),
+                token_sha256: token_sha256.clone(),
+            };
+            session = session.with_local_store(local, joined.as_ref().map(|r| r.timeline));
         }
         let addr = session.start();
         tracing::info!(session = %id, race = %race.id(), joined = joined.is_some(), "session started");
@@ -955,9 +973,25 @@ impl Hub {
         tracing::info!(session = %id, race = %entry.race, "session ended");
         self.metrics.sessions.set(self.sessions.len() as i64);
         let _ = self.metrics.session_viewers.remove_label_values(&[id]);
-        entry.addr.do_send(End {
+        let end = End {
             code: 1001,
             reason: reason.to_owned(),
+        };
+        let Some(store) = self.store.clone() else {
+            entry.addr.do_send(end);
+            return true;
+        };
+        if let Err(err) = store.remove(id) {
+            tracing::warn!(session = %id, %err, "stored session not removed");
+        }
+        // And again once the session has handled what was queued before its end, so a command
+        // still in its mailbox cannot have written the record back.
+        let (ended, id) = (entry.addr.send(end), id.to_owned());
+        actix::spawn(async move {
+            let _ = ended.await;
+            if let Err(err) = store.remove(&id) {
+                tracing::warn!(session = %id, %err, "stored session not removed");
+            }
         });
         true
     }
@@ -1022,6 +1056,107 @@ impl Handler<SessionRace> for Hub {
     fn handle(&mut self, msg: SessionRace, _: &mut Context<Self>) -> Self::Result {
         let addr = self.sessions.get(&msg.0).map(|s| s.addr.clone());
         Box::pin(async move { addr?.send(PlayedRace).await.ok() })
+    }
+}
+
+/// Starts a session kept in the session store by an earlier run of this hub, with its id,
+/// control token and timeline. A record whose race is gone is removed.
+#[derive(Message)]
+#[rtype(result = "Result<(), HubError>")]
+pub struct ResumeSession {
+    pub id: String,
+    pub record: SessionRecord,
+}
+
+impl Handler<ResumeSession> for Hub {
+    type Result = ResponseActFuture<Self, Result<(), HubError>>;
+    fn handle(&mut self, msg: ResumeSession, _: &mut Context<Self>) -> Self::Result {
+        let ResumeSession { id, record } = msg;
+        Box::pin(self.discover(&record.race).then(move |(), act, ctx| {
+            let rx = act.load(&record.race, ctx);
+            rx.into_actor(act).map(move |loaded, act, _| {
+                let race = match loaded.unwrap_or_else(|_| Err(aborted(&record.race))) {
+                    Ok(race) => race,
+                    Err(err @ HubError::RaceNotFound(_)) => {
+                        if let Some(store) = &act.store {
+                            let _ = store.remove(&id);
+                        }
+                        return Err(err);
+                    }
+                    Err(err) => return Err(err),
+                };
+                let playing = record.timeline.playing;
+                act.start_session(Some(id), race, playing, Some(record))
+                    .map(|_| ())
+            })
+        }))
+    }
+}
+
+/// A fresh listing of the data directory's race files (see [`crate::datadir`]): races whose
+/// file is new or changed enter the catalogue, races whose file is gone leave it. Sessions
+/// playing a changed or removed race play on with the copy they have.
+#[derive(Message)]
+#[rtype(result = "RescanReport")]
+pub struct Rescanned(pub Vec<RaceEntry>);
+
+/// What a rescan changed, by race id.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct RescanReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Races in the catalogue afterwards.
+    pub races: usize,
+}
+
+impl RescanReport {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl Handler<Rescanned> for Hub {
+    type Result = MessageResult<Rescanned>;
+    fn handle(&mut self, msg: Rescanned, _: &mut Context<Self>) -> Self::Result {
+        let mut report = RescanReport::default();
+        let listed: std::collections::HashSet<String> =
+            msg.0.iter().map(|r| r.meta.id.clone()).collect();
+        for entry in msg.0 {
+            let id = entry.meta.id.clone();
+            match self.races.get(&id) {
+                Some(known) if known.etag == entry.etag => {
+                    if known.path == entry.path {
+                        continue;
+                    }
+                }
+                Some(known) if known.path.is_some() => {
+                    // New metadata in the file: the next load reads it again.
+                    self.loaded.remove(&id);
+                    report.changed.push(id.clone());
+                }
+                _ => report.added.push(id.clone()),
+            }
+            self.races.insert(id, entry);
+        }
+        let gone: Vec<String> = self
+            .races
+            .iter()
+            // Checked again here: a listing made just before an upload landed does not hold it.
+            .filter(|(id, race)| {
+                !listed.contains(*id) && race.path.as_ref().is_some_and(|p| !p.exists())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            // A cache that still holds it is asked again on the next request.
+            self.races.remove(&id);
+            self.loaded.remove(&id);
+            report.removed.push(id);
+        }
+        self.metrics.races_loaded.set(self.loaded.len() as i64);
+        report.races = self.races.len();
+        MessageResult(report)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod api;
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod datadir;
 pub mod encode;
 pub mod error;
 pub mod feed;
@@ -19,13 +20,14 @@ pub mod outlet;
 pub mod pages;
 pub mod race;
 pub mod session;
+pub mod session_store;
 pub mod viewer;
 
 use std::fs::{self, File};
 use std::future::Future;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,14 +42,18 @@ use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
 use crate::metrics::Metrics;
-use crate::race::{generate, read_meta, write_race, GenParams};
+use crate::race::{generate, write_race, GenParams};
 use crate::viewer::ViewerLimits;
+
+pub use crate::datadir::scan_races;
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    DataDir(#[from] datadir::ScanError),
+    #[error("could not listen on {addr}: the address is already in use by another process; pick another with --bind HOST:PORT (or REPLAY_HUB_BIND)")]
+    AddrInUse { addr: SocketAddr },
     #[error("could not generate the demo race: {0}")]
     Demo(String),
     #[error("could not bind {addr}: {source}")]
@@ -63,13 +69,32 @@ pub struct App {
     addr: SocketAddr,
     hub: Addr<Hub>,
     admin_token: String,
+    /// True when the admin token was generated here rather than configured.
+    admin_token_generated: bool,
     demo: Option<Created>,
+    /// Sessions resumed from the data directory, by id.
+    resumed: Vec<String>,
     shutdown_timeout: Duration,
+    /// Keeps the catalogue in step with the data directory while the hub runs.
+    _watcher: datadir::DataDirWatcher,
+}
+
+/// Binds the listener first, so a taken port fails before any race is loaded.
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => StartError::AddrInUse { addr },
+        _ => StartError::Bind { addr, source },
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 impl App {
     /// Starts everything but does not wait: call [`App::run`]. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let (listener, addr) = bind(config.bind)?;
         let cache = RaceCache::open(
             &config.cache.spec(&config.data_dir),
             &config.cache.cache_prefix,
@@ -87,6 +112,15 @@ impl App {
         candidates.extend(cached);
         let metrics = Metrics::new();
         metrics.sample_process(Duration::from_secs(1));
+        // Without a broker, sessions are kept in the data directory for a restart.
+        let store = match &config.broker {
+            Some(_) => None,
+            None => session_store::SessionStore::open(&config.data_dir)
+                .inspect_err(|err| {
+                    tracing::warn!(%err, "sessions will not survive a restart");
+                })
+                .ok(),
+        };
         let (broker_url, prefix) = (config.broker.clone(), config.cache.cache_prefix.clone());
         let mut broker = None;
         let hub = Hub::create(|ctx| {
@@ -107,6 +141,7 @@ impl App {
                 memory_budget: config.race_memory_budget,
                 load_retry: Duration::from_millis(config.load_retry_ms),
             })
+            .with_store(store.clone())
         });
         let admin_token = config
             .admin_token
@@ -122,6 +157,10 @@ impl App {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let resumed = match &store {
+            Some(store) => resume_sessions(&hub, store, config.max_sessions).await,
+            None => Vec::new(),
+        };
         let demo = match config.demo_session.as_str() {
             "" => None,
             id => start_demo(&hub, id, candidates).await?,
@@ -146,14 +185,6 @@ impl App {
             broker,
             draining: draining.clone(),
         };
-        let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
         let max_json = config.max_json_bytes;
         let user_timeout = Duration::from_millis(config.tcp_user_timeout_ms);
         let send_buffer = config.socket_send_buffer;
@@ -179,13 +210,21 @@ impl App {
                 source,
             })?
             .run();
+        let watcher = datadir::DataDirWatcher::start(
+            config.data_dir.clone(),
+            hub.clone(),
+            config.rescan_interval(),
+        );
         Ok(Self {
+            _watcher: watcher,
             draining,
             server,
             addr,
             hub,
             admin_token,
+            admin_token_generated: config.admin_token.is_none(),
             demo,
+            resumed,
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
@@ -198,8 +237,18 @@ impl App {
         &self.admin_token
     }
 
+    /// True when no admin token was configured and this one was generated at start.
+    pub fn admin_token_generated(&self) -> bool {
+        self.admin_token_generated
+    }
+
     pub fn hub(&self) -> Addr<Hub> {
         self.hub.clone()
+    }
+
+    /// Sessions kept by an earlier run and resumed at start (without a broker).
+    pub fn resumed(&self) -> &[String] {
+        &self.resumed
     }
 
     /// The session started at boot, if any.
@@ -261,6 +310,35 @@ async fn start_demo(
     }
     tracing::warn!("no race could be loaded; starting without a demo session");
     Ok(None)
+}
+
+/// Starts the sessions an earlier run kept in `store`; returns the ids that started.
+async fn resume_sessions(
+    hub: &Addr<Hub>,
+    store: &session_store::SessionStore,
+    max: usize,
+) -> Vec<String> {
+    let mut resumed = Vec::new();
+    for (id, record) in store.load_all(max) {
+        let race = record.race.clone();
+        match hub
+            .send(hub::ResumeSession {
+                id: id.clone(),
+                record,
+            })
+            .await
+        {
+            Ok(Ok(())) => resumed.push(id),
+            Ok(Err(err)) => {
+                tracing::warn!(session = %id, %race, %err, "stored session not resumed")
+            }
+            Err(err) => tracing::warn!(session = %id, %err, "stored session not resumed"),
+        }
+    }
+    if !resumed.is_empty() {
+        tracing::info!(sessions = ?resumed, "sessions resumed from the data directory");
+    }
+    resumed
 }
 
 /// The close reason viewers get on shutdown: the session goes on elsewhere, reconnect.
@@ -345,38 +423,6 @@ async fn cached_race_ids(cache: &RaceCache) -> Vec<String> {
     })
 }
 
-/// Lists the race files in `dir` (creating it if needed). Unreadable files are skipped with a
-/// warning; loading them later gives the precise error.
-pub fn scan_races(dir: &Path) -> Result<Vec<RaceEntry>, StartError> {
-    let dir_err = |source| StartError::DataDir {
-        path: dir.to_owned(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(dir_err)?;
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(dir_err)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "race"))
-        .collect();
-    paths.sort();
-    let mut races: Vec<RaceEntry> = Vec::new();
-    for path in paths {
-        let meta = File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| read_meta(BufReader::new(f)).map_err(|e| e.to_string()));
-        match meta {
-            Ok(meta) if races.iter().any(|r| r.meta.id == meta.id) => {
-                tracing::warn!(path = %path.display(), id = %meta.id, "duplicate race id; skipped");
-            }
-            Ok(meta) => races.push(RaceEntry::new(Some(path), meta)),
-            Err(err) => {
-                tracing::warn!(path = %path.display(), %err, "not a usable race file; skipped")
-            }
-        }
-    }
-    Ok(races)
-}
-
 /// A short generated race, so a hub with no races still has something to play.
 fn generate_demo(dir: &Path, laps: u16) -> Result<RaceEntry, StartError> {
     let path = dir.join("demo.race");
@@ -413,6 +459,16 @@ fn write_generated(
 /// `replay-hub import`: validates and encodes a race file, then stores it in the cache.
 pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, String> {
     let spec = args.cache.spec(&args.data_dir);
+    let wait = Duration::from_millis(args.wait_ms);
+    if let cache::CacheSpec::Redis(url) = &spec {
+        probe_redis(url, wait).await.map_err(|err| {
+            format!(
+                "import: the Redis cache at {url} does not answer ({err}, waited up to {} s): \
+                 start Redis, or pass another --cache (redis://HOST:PORT/DB, dir:PATH)",
+                wait.as_secs_f64()
+            )
+        })?;
+    }
     let cache = RaceCache::open(
         &spec,
         &args.cache.cache_prefix,
@@ -426,11 +482,9 @@ pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, Strin
         .await
         .map_err(|e| e.to_string())??;
     let encoded = started.elapsed();
-    for _ in 0..100 {
-        if cache.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    while !cache.is_ready() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let race = std::sync::Arc::new(race);
     cache
@@ -446,6 +500,22 @@ pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, Strin
         started.elapsed().as_secs_f64(),
         encoded.as_secs_f64()
     ))
+}
+
+/// Whether the Redis at `url` answers a PING within `wait`.
+async fn probe_redis(url: &str, wait: Duration) -> Result<(), redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(wait, ping).await {
+        Ok(answer) => answer.map(|_| ()),
+        Err(_) => Err(redis::RedisError::from(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer",
+        ))),
+    }
 }
 
 /// `replay-hub generate`: a deterministic race file, with a progress bar on a terminal.

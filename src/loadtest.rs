@@ -6,6 +6,10 @@
 //! In look-ahead mode each viewer also does what a real client does: it estimates its offset to
 //! the server clock with time requests and works out when it would show each frame it got; gaps
 //! and spreads are then those of display times, and frames that arrive too late are counted.
+//!
+//! A run that could not do what was asked fails: no viewer connected ([`LoadtestError`], before
+//! the measurement), or fewer viewers or no frames ([`Report::shortfall`], after it); a paused
+//! or ended session, or one the server closes, is warned about on stderr.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,75 @@ struct Window {
     open: AtomicBool,
     start: Mutex<Option<Instant>>,
     clock: Clock,
+    seen: Seen,
+}
+
+/// What viewers learnt of the session itself, for warnings: set by any reader.
+#[derive(Default)]
+struct Seen {
+    /// A hello said the session was paused (before its last frame).
+    paused: AtomicBool,
+    /// A hello said the session was paused at its last frame.
+    ended: AtomicBool,
+    /// The first close the server sent, as "code reason".
+    closed: Mutex<Option<String>>,
+}
+
+impl Seen {
+    /// Notes what a text message says about the session.
+    fn note_text(&self, value: &serde_json::Value) {
+        if value["type"] != "hello" || value["state"]["playing"] != false {
+            return;
+        }
+        let frame = value["state"]["frame"].as_u64().unwrap_or(0);
+        let total = value["total_frames"].as_u64().unwrap_or(u64::MAX);
+        if frame + 1 >= total {
+            self.ended.store(true, Ordering::Relaxed);
+        } else {
+            self.paused.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn note_close(&self, frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if closed.is_none() {
+            *closed = Some(match frame {
+                Some(f) => format!("{} {}", u16::from(f.code), f.reason),
+                None => "without a close frame".into(),
+            });
+        }
+    }
+
+    /// Warnings for the operator, once the viewers have had their hello.
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.ended.load(Ordering::Relaxed) {
+            warnings.push(
+                "the session has ended (paused at its last frame): seek or restart it to get frames"
+                    .to_owned(),
+            );
+        } else if self.paused.load(Ordering::Relaxed) {
+            warnings.push(
+                "the session is paused: no new frames arrive until a controller plays it"
+                    .to_owned(),
+            );
+        }
+        if let Some(close) = &*self.closed.lock().unwrap_or_else(|e| e.into_inner()) {
+            warnings.push(format!("the server closed viewers: {close}"));
+        }
+        warnings
+    }
+}
+
+/// Why a load test could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadtestError {
+    #[error("no viewer could connect to {url} (0 of {requested}): {reason}")]
+    NoViewer {
+        url: String,
+        requested: usize,
+        reason: String,
+    },
 }
 
 /// Wall-clock ms read through one monotonic clock, the same for every viewer of the run.
@@ -88,6 +161,10 @@ pub struct Report {
     pub sync_spread_max_ms: f64,
     /// Look-ahead: frames that arrived after their display time.
     pub late_frames: u64,
+    /// Frames every reading viewer received during the window, added up.
+    pub frames_received: u64,
+    /// What was wrong with the session (paused, ended, closed by the server).
+    pub warnings: Vec<String>,
     pub stalled: usize,
     pub server_rss_start_kib: Option<u64>,
     pub server_rss_end_kib: Option<u64>,
@@ -95,7 +172,7 @@ pub struct Report {
     pub server_cpu_us_per_frame: Option<f64>,
 }
 
-pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
+pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
     if args.mode == Mode::Lookahead && !args.url.contains("mode=") {
         let sep = if args.url.contains('?') { '&' } else { '?' };
         args.url = format!("{}{sep}mode=lookahead", args.url);
@@ -107,7 +184,9 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
         open: AtomicBool::new(false),
         start: Mutex::new(None),
         clock: Clock::new(),
+        seen: Seen::default(),
     });
+    let mut first_error = None;
     // Viewers that connect and never read: the hub must not let them slow the others down.
     let mut stalled = Vec::with_capacity(args.stalled);
     for _ in 0..args.stalled {
@@ -118,6 +197,7 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
                 if connect_errors <= 3 {
                     eprintln!("stalled viewer failed to connect: {err}");
                 }
+                first_error.get_or_insert(err);
             }
         }
     }
@@ -143,14 +223,30 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
                     if connect_errors <= 3 {
                         eprintln!("connect failed: {err}");
                     }
+                    first_error.get_or_insert(err.to_string());
                 }
             }
         }
         eprint!("\rconnected {}/{}", counters.len(), args.viewers);
+        // A hub that refuses the first batch refuses the rest: no point in trying them all.
+        if counters.is_empty() && stalled.is_empty() {
+            break;
+        }
     }
     eprintln!(" in {:.1} s", started.elapsed().as_secs_f64());
+    if counters.is_empty() && stalled.is_empty() && args.viewers + args.stalled > 0 {
+        return Err(LoadtestError::NoViewer {
+            url: args.url.clone(),
+            requested: args.viewers + args.stalled,
+            reason: first_error.unwrap_or_else(|| "no attempt succeeded".into()),
+        });
+    }
     // Let every viewer settle past its hello before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut warnings = window.seen.warnings();
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
 
     let snapshot = |cs: &[Arc<Counters>]| -> Vec<(u64, u64)> {
         cs.iter()
@@ -199,6 +295,12 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
     let delivered: u64 = before.iter().zip(&after).map(|(b, a)| a.0 - b.0).sum();
     let bytes: u64 = before.iter().zip(&after).map(|(b, a)| a.1 - b.1).sum();
     let cpu = cpu_start.zip(cpu_end).map(|(s, e)| e - s);
+    for warning in window.seen.warnings() {
+        if !warnings.contains(&warning) {
+            eprintln!("warning: {warning}");
+            warnings.push(warning);
+        }
+    }
     Ok(Report {
         mode: args.mode.as_str(),
         viewers: args.viewers,
@@ -222,6 +324,8 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, String> {
             .iter()
             .map(|c| c.late.load(Ordering::Relaxed))
             .sum(),
+        frames_received: delivered,
+        warnings,
         stalled: args.stalled,
         server_rss_start_kib: rss_start,
         server_rss_end_kib: rss_end,
@@ -268,6 +372,15 @@ where
 {
     let mut last: Option<u32> = None;
     while let Some(Ok(message)) = ws.next().await {
+        match &message {
+            Message::Text(text) => {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+                    window.seen.note_text(&value);
+                }
+            }
+            Message::Close(frame) => window.seen.note_close(frame.as_ref()),
+            _ => {}
+        }
         if let Message::Binary(bytes) = message {
             if let Some(i) = frame_index(&bytes) {
                 if last.is_some_and(|l| i < l) {
@@ -324,6 +437,7 @@ where
                 let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
                     continue;
                 };
+                window.seen.note_text(&value);
                 match value["type"].as_str() {
                     Some("hello") => state = Anchor::from_json(&value["state"]),
                     // A new state starts over: its frames may go back (a seek).
@@ -390,6 +504,7 @@ where
                     }
                 }
             }
+            Message::Close(frame) => window.seen.note_close(frame.as_ref()),
             _ => {}
         }
     }
@@ -464,6 +579,25 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 impl Report {
+    /// What the run was asked for and did not get: fewer viewers than requested, or no frames.
+    pub fn shortfall(&self) -> Option<String> {
+        let mut missing = Vec::new();
+        if self.connected < self.viewers {
+            missing.push(format!(
+                "only {} of {} viewers connected",
+                self.connected, self.viewers
+            ));
+        }
+        if self.viewers > 0 && self.frames_received == 0 {
+            let why = match self.warnings.first() {
+                Some(warning) => format!(" ({warning})"),
+                None => String::new(),
+            };
+            missing.push(format!("no frames were received{why}"));
+        }
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
     pub fn table(&self) -> String {
         let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
         let kib =
@@ -497,6 +631,7 @@ impl Report {
                 self.sync_spread_p50_ms, self.sync_spread_p99_ms, self.sync_spread_max_ms
             ),
             format!("late frames             {}", self.late_frames),
+            format!("frames received         {}", self.frames_received),
             format!(
                 "stalled viewers         {} (connected, never reading)",
                 self.stalled

@@ -1,18 +1,50 @@
 //! The `replay-hub` binary: parses the command line, sets up logging and runs the command.
 //! Everything else lives in the library, where the tests and benches reach it too.
 
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
 use anyhow::Context as _;
 use clap::Parser;
-use replay_hub::config::{Cli, Command};
+use replay_hub::config::{Cli, Command, LogFormat};
 use replay_hub::App;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an expected failure is one line on stderr and exit code 1, never a
+/// backtrace (whatever `RUST_BACKTRACE` says).
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs on stderr: text, coloured only when stderr is a terminal (and `NO_COLOR` is unset),
+/// or one JSON object per line with the current span and its parents' fields.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init();
+        }
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.into_command() {
         Command::Serve(config) => actix_web::rt::System::new().block_on(serve(config)),
         Command::Generate(args) => {
@@ -39,20 +71,22 @@ fn main() -> anyhow::Result<()> {
         Command::Loadtest(args) => {
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             let json = args.json.clone();
-            let report = runtime
-                .block_on(replay_hub::loadtest::run(args))
-                .map_err(anyhow::Error::msg)?;
+            let report = runtime.block_on(replay_hub::loadtest::run(args))?;
             println!("{}", report.table());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            Ok(())
+            match report.shortfall() {
+                None => Ok(()),
+                Some(shortfall) => Err(anyhow::anyhow!("loadtest: {shortfall}")),
+            }
         }
     }
 }
 
 async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
     let app = App::build(config)
         .await
         .context("replay-hub could not start")?;
@@ -61,6 +95,13 @@ async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
         host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     println!("replay-hub listening on http://{host}");
+    for id in app.resumed() {
+        let record = data_dir.join("sessions").join(format!("{id}.json"));
+        println!(
+            "resumed:     http://{host}/sessions/{id} (same control token as before; for a new one, delete the session or remove {} before starting)",
+            record.display()
+        );
+    }
     if let Some(demo) = app.demo() {
         println!("watch:       http://{host}/sessions/{}", demo.id);
         println!(
@@ -73,6 +114,10 @@ async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
             demo.id, demo.control_token
         );
     }
-    println!("admin token: {}", app.admin_token());
+    if app.admin_token_generated() {
+        println!("admin token: {}", app.admin_token());
+    } else {
+        println!("admin token: set from --admin-token / REPLAY_HUB_ADMIN_TOKEN");
+    }
     app.run().await.context("server error")
 }

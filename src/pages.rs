@@ -1,7 +1,8 @@
 //! The browser viewer's pages and scripts, embedded in the binary: pages and styles from
 //! `web/src/`, scripts from `web/dist/` (bundled by `web/build.mjs` and committed), so running the
 //! hub needs no front-end build.
-//! `api::configure` mounts [`configure`]: `/` lists sessions, `/sessions/{id}` watches one.
+//! `api::configure` mounts [`configure`]: `/` lists sessions, `/sessions/{id}` watches one,
+//! `/favicon.ico` points at the icon.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -30,6 +31,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../web/src/style.css"),
     ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../web/src/favicon.svg"),
+    ),
 ];
 
 const INDEX: &str = include_str!("../web/src/index.html");
@@ -38,7 +44,15 @@ const SESSION: &str = include_str!("../web/src/session.html");
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(|| page(INDEX)))
         .route("/sessions/{id}", web::get().to(|| page(SESSION)))
-        .route("/assets/{name}", web::get().to(asset));
+        .route("/assets/{name}", web::get().to(asset))
+        // For clients that ask without reading the pages' icon link.
+        .route("/favicon.ico", web::get().to(favicon));
+}
+
+async fn favicon() -> HttpResponse {
+    HttpResponse::MovedPermanently()
+        .insert_header((header::LOCATION, "/assets/favicon.svg"))
+        .finish()
 }
 
 async fn page(html: &'static str) -> HttpResponse {

@@ -552,6 +552,8 @@ pub struct SessionSync {
 
 pub struct Session {
     sync: Option<SessionSync>,
+    /// Without a broker: where this session keeps its record for a restart.
+    local: Option<crate::session_store::LocalSync>,
     id: Arc<str>,
     race: Arc<EncodedRace>,
     timeline: Timeline,
@@ -591,6 +593,7 @@ impl Session {
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
         Self {
             sync: None,
+            local: None,
             id: Arc::from(id),
             state_frame: ws_text(state_message(&timeline.state(now))),
             state_version: 1,
@@ -628,6 +631,26 @@ impl Session {
         self
     }
 
+    /// Keeps this session's record in `local` up to date, so it survives a restart; with
+    /// `resumed`, it takes over the timeline it had before.
+    pub fn with_local_store(
+        mut self,
+        local: crate::session_store::LocalSync,
+        resumed: Option<SharedTimeline>,
+    ) -> Self {
+        if let Some(shared) = resumed {
+            match self.timeline.adopt(&shared) {
+                Ok(()) => self.state_changed(Instant::now()),
+                Err(reason) => {
+                    tracing::warn!(session = %self.id, %reason, "saved timeline refused; starting from the beginning")
+                }
+            }
+        }
+        local.save(&self.id, self.timeline.shared());
+        self.local = Some(local);
+        self
+    }
+
     /// The timeline as replicas share it.
     pub fn shared(&self) -> SharedTimeline {
         self.timeline.shared()
@@ -648,6 +671,9 @@ impl Session {
     /// Announces the local timeline; if another replica's equal or newer one is stored,
     /// adopts that instead, so concurrent commands settle on one timeline everywhere.
     fn publish(&self, ctx: &mut Context<Self>) {
+        if let Some(local) = &self.local {
+            local.save(&self.id, self.timeline.shared());
+        }
         let Some(sync) = &self.sync else {
             return;
         };

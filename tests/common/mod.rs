@@ -25,13 +25,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Patience for anything a test waits on; generous because CI machines are shared.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A small race file generated once per test binary: 2 laps, 20 drivers.
+/// A small race file generated once per test binary: 2 laps, 20 drivers. It lives under
+/// `target/tmp` (not the system's temporary directory) under one fixed name, replaced whole
+/// by each test binary, so runs leave nothing behind that accumulates.
 pub fn race_file() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("replay-hub-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("test-race.race");
+        let tmp = dir.join(format!("test-race.race.{}.tmp", std::process::id()));
         let params = GenParams {
             laps: 2,
             drivers: 20,
@@ -40,9 +43,12 @@ pub fn race_file() -> &'static Path {
             name: "Test Grand Prix".into(),
         };
         let (meta, frames) = generate(&params, |_, _| {}).unwrap();
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
         write_race(&mut out, &meta, frames).unwrap();
         std::io::Write::flush(&mut out).unwrap();
+        drop(out);
+        // Atomic: another test binary may be reading the previous copy.
+        std::fs::rename(&tmp, &path).unwrap();
         path
     })
 }

@@ -22,9 +22,16 @@ let dragging = false;
 let rows = [];
 
 async function start() {
-  const session = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`);
-  if (!session.ok) {
-    showEnded(session.status === 404 ? "No such session." : "The hub did not answer.");
+  const session = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
+  if (!session?.ok) {
+    const heading = session?.status === 404 ? "No such session" : "The hub did not answer";
+    $("race-name").textContent = heading;
+    document.title = `${heading} · replay-hub`;
+    showEnded(
+      session?.status === 404
+        ? `No session "${sessionId}" on this hub: the session list is at /.`
+        : "The hub did not answer.",
+    );
     return;
   }
   const info = await session.json();

@@ -148,6 +148,22 @@ describe("the web viewer", () => {
     await viewer.close();
   });
 
+  test("names an unknown session in its heading, and has an icon", async () => {
+    const viewer = await openPage("/sessions/no-such-session");
+    await viewer.locator("#ended").waitFor();
+    assert.equal(await viewer.locator("#race-name").textContent(), "No such session");
+    assert.match(await viewer.locator("#ended").textContent(), /no-such-session/);
+    assert.match(await viewer.title(), /No such session/);
+    const icon = await viewer.locator('link[rel="icon"]').getAttribute("href");
+    const served = await fetch(base + icon);
+    assert.equal(served.status, 200);
+    assert.match(served.headers.get("content-type"), /image\/svg\+xml/);
+    const legacy = await fetch(base + "/favicon.ico", { redirect: "manual" });
+    assert.equal(legacy.status, 301);
+    assert.equal(legacy.headers.get("location"), icon);
+    await viewer.close();
+  });
+
   test("says so when the session is deleted", async () => {
     const created = await admin("POST", "/api/sessions", { race: "demo", id: "short-lived" });
     assert.equal(created.status, 201);

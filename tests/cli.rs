@@ -1,0 +1,260 @@
+//! The binary as an operator meets it: start-up mistakes give one line that says how to fix
+//! them and a non-zero exit (with `RUST_BACKTRACE=1` set, never a backtrace), logs suit pipes
+//! and log shippers, the admin token is printed only when generated, and `loadtest` fails
+//! when it could not do what it was asked.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use common::{free_port, KillOnDrop, TestHub, PATIENCE};
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_replay-hub"));
+    command
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("REPLAY_HUB_ADMIN_TOKEN")
+        .env_remove("REPLAY_HUB_LOG_FORMAT")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs the binary to completion (it must exit by itself) and returns what it printed.
+fn run(args: &[&str]) -> Output {
+    let child = binary()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(PATIENCE * 3)
+        .expect("the binary exits by itself")
+        .unwrap()
+}
+
+/// Asserts a failure whose stderr is exactly one line containing every piece of `expected`.
+fn assert_one_line_error(output: &Output, expected: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "exit code: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for piece in expected {
+        assert!(lines[0].contains(piece), "{piece:?} missing from: {stderr}");
+    }
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Backtrace"),
+        "{stderr}"
+    );
+    stderr
+}
+
+fn data_dir_with_race() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::race_file(), dir.path().join("test-race.race")).unwrap();
+    dir
+}
+
+#[test]
+fn a_port_in_use_is_named_before_any_race_loads() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let output = run(&["--bind", &addr, "--data-dir", data.to_str().unwrap()]);
+    assert_one_line_error(&output, &[&addr, "already in use", "--bind"]);
+    assert!(
+        !data.exists(),
+        "nothing is scanned or generated before the port is bound"
+    );
+}
+
+#[test]
+fn bind_takes_a_bare_port_and_explains_the_expected_form() {
+    let output = run(&["--bind", "80a"]);
+    // clap's own usage error: its first line says what is expected, and it exits with 2.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("--bind") && first.contains("HOST:PORT") && first.contains("bare port"),
+        "{stderr}"
+    );
+
+    for form in [":{port}", "{port}", "localhost:{port}"] {
+        let port = free_port();
+        let bind = form.replace("{port}", &port.to_string());
+        let dir = data_dir_with_race();
+        let mut hub = KillOnDrop(
+            binary()
+                .args(["--bind", &bind, "--demo-session", ""])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = hub.0.stdout.take().unwrap();
+        let first = BufReader::new(stdout).lines().next().unwrap().unwrap();
+        assert_eq!(
+            first,
+            format!("replay-hub listening on http://127.0.0.1:{port}"),
+            "{bind}"
+        );
+    }
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_not_a_directory() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let output = run(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        file.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&output, &["not a directory", "--data-dir"]);
+}
+
+#[test]
+fn import_into_an_unreachable_redis_says_so_and_gives_up() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let race = common::race_file().to_str().unwrap();
+    let output = run(&["import", race, "--cache", &url, "--wait-ms", "1000"]);
+    let stderr = assert_one_line_error(&output, &["import", &url, "does not answer", "--cache"]);
+    assert!(!stderr.contains("serving from files"), "{stderr}");
+}
+
+/// Starts the binary with `args`, waits for its address, stops it, and returns its stdout
+/// and stderr.
+fn serve_briefly(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let dir = data_dir_with_race();
+    let mut command = binary();
+    command
+        .args(["--bind", "127.0.0.1:0", "--demo-session", ""])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = String::new();
+    loop {
+        let line = lines.next().expect("the hub prints its banner").unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("admin token:") {
+            break;
+        }
+    }
+    drop(child);
+    (printed, errors.join().unwrap())
+}
+
+#[test]
+fn the_admin_token_is_printed_only_when_generated() {
+    let (printed, _) = serve_briefly(&[], &[]);
+    let token = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("admin token: "))
+        .unwrap();
+    assert_eq!(token.len(), 32, "{printed}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{printed}");
+
+    let secret = "not-for-the-terminal";
+    let (printed, _) = serve_briefly(&["--admin-token", secret], &[]);
+    assert!(!printed.contains(secret), "{printed}");
+    assert!(
+        printed.contains("admin token: set from --admin-token / REPLAY_HUB_ADMIN_TOKEN"),
+        "{printed}"
+    );
+    let (printed, _) = serve_briefly(&[], &[("REPLAY_HUB_ADMIN_TOKEN", secret)]);
+    assert!(!printed.contains(secret), "{printed}");
+}
+
+#[test]
+fn piped_logs_have_no_colour_codes_and_json_logs_parse() {
+    let (_, text) = serve_briefly(&[], &[]);
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in piped logs: {text:?}"
+    );
+
+    let (_, json) = serve_briefly(&["--log-format", "json"], &[]);
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    assert!(!events.is_empty());
+    for event in &events {
+        assert!(
+            event["level"].is_string() && event["fields"].is_object(),
+            "{event}"
+        );
+    }
+    let (_, env) = serve_briefly(&[], &[("REPLAY_HUB_LOG_FORMAT", "json")]);
+    assert!(env.lines().all(|l| l.starts_with('{')), "{env}");
+}
+
+fn loadtest(url: &str) -> Output {
+    run(&["loadtest", "--url", url, "--viewers", "3", "--seconds", "1"])
+}
+
+#[test]
+fn loadtest_fails_on_a_dead_port_and_an_unknown_session() {
+    let dead = format!("ws://127.0.0.1:{}/ws/sessions/demo", free_port());
+    let output = loadtest(&dead);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no viewer could connect"), "{stderr}");
+    assert!(
+        !stderr.contains("1/1 s"),
+        "no measurement without viewers: {stderr}"
+    );
+
+    let hub = TestHub::start();
+    let output = loadtest(&hub.ws_url("no-such-session", None));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no viewer could connect") && stderr.contains("404"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn loadtest_fails_and_warns_on_a_paused_session() {
+    let hub = TestHub::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(hub.create_session("still", false));
+    let output = loadtest(&hub.ws_url("still", None));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the session is paused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no frames were received"), "{stderr}");
+
+    // The same run against the playing demo session succeeds.
+    let output = loadtest(&hub.ws_url("demo", None));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
