@@ -6,6 +6,7 @@ use super::model::{
     Bounds, Driver, DriverFrame, DriverStatus, Frame, RaceMeta, Track, TrackStatus,
     TrackStatusInterval, DRIVER_FIELDS, FPS,
 };
+use super::timeline::{Recorder, Timeline, WeatherSample};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -159,6 +160,17 @@ pub fn generate(
     let max_frames = u32::try_from(estimate * 2 + 15_000).unwrap_or(u32::MAX);
     let mut frames = Vec::with_capacity(estimate as usize + 2_000);
     let mut intervals: Vec<TrackStatusInterval> = Vec::new();
+    let drivers: Vec<Driver> = DRIVERS[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, &(code, number))| Driver {
+            code: code.into(),
+            number,
+            team: TEAMS[i / 2].0.into(),
+            colour: TEAMS[i / 2].1,
+        })
+        .collect();
+    let mut recorder = Recorder::new(&drivers);
     let mut k: u32 = 0;
     loop {
         let t = f64::from(k) * DT;
@@ -182,7 +194,9 @@ pub fn generate(
                 end_t: 0.0,
             }),
         }
-        frames.push(sim.frame(t));
+        let frame = sim.frame(t);
+        recorder.frame(k, &frame, status);
+        frames.push(frame);
         if k.is_multiple_of(1000) {
             progress(u64::from(k), estimate.max(u64::from(k)));
         }
@@ -212,19 +226,45 @@ pub fn generate(
         total_frames: k + 1,
         fields: DRIVER_FIELDS.iter().map(|f| f.to_string()).collect(),
         track: sim.circuit.track(),
-        drivers: DRIVERS[..n]
-            .iter()
-            .enumerate()
-            .map(|(i, &(code, number))| Driver {
-                code: code.into(),
-                number,
-                team: TEAMS[i / 2].0.into(),
-                colour: TEAMS[i / 2].1,
-            })
-            .collect(),
+        drivers,
         track_status: intervals,
+        timeline: Timeline {
+            events: recorder.into_events(),
+            // Drawn last, so the weather changes nothing else a seed decides.
+            weather: weather(&mut rng, k + 1),
+        },
     };
     Ok((meta, frames))
+}
+
+/// One weather sample a minute: a warm dry day whose temperatures drift slowly.
+fn weather(rng: &mut ChaCha8Rng, total_frames: u32) -> Vec<WeatherSample> {
+    let air = rng.random_range(18.0..30.0);
+    let track_gain = rng.random_range(8.0..16.0);
+    let humidity = rng.random_range(35.0..65.0);
+    let pressure = rng.random_range(1005.0..1020.0);
+    let wind_from = rng.random_range(0.0..360.0);
+    let wind = rng.random_range(0.5..4.0);
+    (0..total_frames)
+        .step_by(60 * FPS as usize)
+        .map(|frame| {
+            let t = f64::from(frame) * DT;
+            // Slow drifts over the race (cooling towards the evening), never random jumps.
+            let drift = (t / 3600.0) as f32;
+            let wave = (t / 900.0).sin() as f32;
+            WeatherSample {
+                frame,
+                t,
+                air_temp_c: air - 1.5 * drift + 0.3 * wave,
+                track_temp_c: air + track_gain - 4.0 * drift + 0.6 * wave,
+                humidity_pct: (humidity + 4.0 * drift).min(100.0),
+                pressure_hpa: pressure - 0.5 * drift,
+                rainfall: false,
+                wind_speed_ms: (wind + 0.5 * wave).max(0.0),
+                wind_direction_deg: (wind_from + 10.0 * wave).rem_euclid(360.0) % 360.0,
+            }
+        })
+        .collect()
 }
 
 fn check_params(p: &GenParams) -> Result<(), GenError> {
@@ -1768,6 +1808,8 @@ mod tests {
             assert!((75.0..=85.0).contains(&lane_max), "driver {i}: {lane_max}");
         }
 
+        check_events(&meta, &frames);
+
         // Somebody passes somebody on track (both running, not a pit stop reshuffle).
         let overtakes = frames
             .windows(2)
@@ -1788,6 +1830,55 @@ mod tests {
             })
             .count();
         assert!(overtakes >= 1, "seed {seed}: no overtakes");
+    }
+
+    /// The timeline says what the frames show: every lap start, stop, retirement and status
+    /// change at the frame it happens, and a weather sample a minute.
+    fn check_events(meta: &RaceMeta, frames: &[Frame]) {
+        use crate::race::timeline::EventKind;
+        let tl = &meta.timeline;
+        tl.validate(meta.total_frames, meta.total_laps, &meta.drivers)
+            .unwrap();
+        for e in &tl.events {
+            assert_eq!(e.t, frames[e.frame as usize].t, "{e:?}");
+        }
+        let of = |kind: EventKind| tl.events.iter().filter(move |e| e.kind == kind);
+        let laps: Vec<u16> = of(EventKind::Lap).filter_map(|e| e.lap).collect();
+        assert_eq!(laps, (1..=meta.total_laps).collect::<Vec<_>>());
+        let start = of(EventKind::Lap).next().unwrap().t;
+        assert!((start - LIGHTS_OUT).abs() <= DT + 1e-9, "race starts at {start}");
+        for kind in [DriverStatus::Pit, DriverStatus::Retired] {
+            let mut seen = Vec::new();
+            for (k, w) in frames.windows(2).enumerate() {
+                for (i, (a, b)) in w[0].drivers.iter().zip(&w[1].drivers).enumerate() {
+                    if a.status != kind && b.status == kind {
+                        seen.push((k as u32 + 1, meta.drivers[i].code.clone()));
+                    }
+                }
+            }
+            let event_kind = match kind {
+                DriverStatus::Pit => EventKind::Pit,
+                _ => EventKind::Retirement,
+            };
+            let listed: Vec<(u32, String)> = of(event_kind)
+                .map(|e| (e.frame, e.driver.clone().unwrap()))
+                .collect();
+            assert_eq!(listed, seen, "{kind:?}");
+        }
+        let changes: Vec<(f64, TrackStatus)> = of(EventKind::TrackStatus)
+            .map(|e| (e.t, e.status.unwrap()))
+            .collect();
+        let intervals: Vec<(f64, TrackStatus)> = meta
+            .track_status
+            .iter()
+            .skip(1)
+            .map(|iv| (iv.start_t, iv.status))
+            .collect();
+        assert_eq!(changes, intervals);
+        assert_eq!(of(EventKind::Chequered).count(), 1);
+        let minutes = (frames.last().unwrap().t / 60.0).floor() as usize + 1;
+        assert_eq!(tl.weather.len(), minutes);
+        assert!(tl.weather.windows(2).all(|w| w[1].frame - w[0].frame == 1500));
     }
 
     #[test]

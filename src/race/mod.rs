@@ -5,9 +5,12 @@
 pub mod file;
 pub mod generate;
 pub mod model;
+pub mod timeline;
 
 pub use file::{
     read_meta, stored_checksum, write_race, RaceFileError, RaceReader, Truncation, FORMAT_VERSION,
+    OLDEST_FORMAT_VERSION,
 };
 pub use generate::{generate, GenError, GenParams};
 pub use model::*;
+pub use timeline::{EventKind, RaceEvent, Timeline, TimelineError, WeatherSample};
