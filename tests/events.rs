@@ -29,7 +29,8 @@ const SEED: u64 = 19;
 async fn events_list_the_pits_retirements_and_safety_car_of_a_generated_race() {
     let hub = TestHub::start();
     let (meta, bytes) = eventful_race();
-    let put = hub.http()
+    let put = hub
+        .http()
         .put(hub.url("/api/races/eventful"))
         .bearer_auth(&hub.admin_token)
         .body(bytes)
@@ -38,7 +39,8 @@ async fn events_list_the_pits_retirements_and_safety_car_of_a_generated_race() {
         .unwrap();
     assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
 
-    let response = hub.http()
+    let response = hub
+        .http()
         .get(hub.url("/api/races/eventful/events"))
         .send()
         .await
@@ -110,7 +112,10 @@ async fn events_list_the_pits_retirements_and_safety_car_of_a_generated_race() {
     assert!(*frames.last().unwrap() < u64::from(meta.total_frames));
     for e in events {
         let frame = e["frame"].as_f64().unwrap();
-        assert!((e["t"].as_f64().unwrap() - frame / 25.0).abs() < 1e-6, "{e}");
+        assert!(
+            (e["t"].as_f64().unwrap() - frame / 25.0).abs() < 1e-6,
+            "{e}"
+        );
     }
     let weather = body["weather"].as_array().unwrap();
     assert!(weather.len() >= 2);
@@ -118,7 +123,8 @@ async fn events_list_the_pits_retirements_and_safety_car_of_a_generated_race() {
     assert_eq!(weather[0]["rainfall"], false);
 
     // Revalidation answers 304 with the same tag.
-    let again = hub.http()
+    let again = hub
+        .http()
         .get(hub.url("/api/races/eventful/events"))
         .header("If-None-Match", &etag)
         .send()
@@ -128,7 +134,8 @@ async fn events_list_the_pits_retirements_and_safety_car_of_a_generated_race() {
     assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
 
     // The metadata stays lean: no timeline, and its own tag.
-    let meta_response = hub.http()
+    let meta_response = hub
+        .http()
         .get(hub.url("/api/races/eventful"))
         .send()
         .await
@@ -142,7 +149,8 @@ async fn events_list_the_pits_retirements_and_safety_car_of_a_generated_race() {
 #[tokio::test]
 async fn events_of_an_unknown_race_are_a_json_404() {
     let hub = TestHub::start();
-    let response = hub.http()
+    let response = hub
+        .http()
         .get(hub.url("/api/races/nope/events"))
         .send()
         .await

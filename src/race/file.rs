@@ -819,7 +819,10 @@ mod tests {
     fn reads_version_1_files_with_an_empty_timeline() {
         let (meta, frames, bytes) = sample();
         assert_eq!(&bytes[8..10], &FORMAT_VERSION.to_be_bytes());
-        assert!(!meta.timeline.events.is_empty(), "generated races have events");
+        assert!(
+            !meta.timeline.events.is_empty(),
+            "generated races have events"
+        );
         let old = v1_file(meta, frames);
         let reader = RaceReader::new(&old[..]).unwrap();
         let read = reader.meta().clone();
@@ -839,7 +842,8 @@ mod tests {
         mislabelled[8..10].copy_from_slice(&2u16.to_be_bytes());
         let err = read_meta(&mislabelled[..]).unwrap_err();
         assert!(
-            err.to_string().contains("metadata has 9 fields, version 2 has 10"),
+            err.to_string()
+                .contains("metadata has 9 fields, version 2 has 10"),
             "{err}"
         );
         let mut mislabelled = bytes.clone();
@@ -855,7 +859,10 @@ mod tests {
         bad.timeline.events[1].frame = meta.total_frames;
         let err = write_race(Vec::new(), &bad, frames.iter().cloned()).unwrap_err();
         assert!(matches!(err, RaceFileError::Invalid(_)), "{err}");
-        assert!(err.to_string().contains("timeline: event 1: frame"), "{err}");
+        assert!(
+            err.to_string().contains("timeline: event 1: frame"),
+            "{err}"
+        );
         let err = read_meta(&with_meta(bytes, &bad)[..]).unwrap_err();
         assert!(err.to_string().contains("timeline: event 1"), "{err}");
 

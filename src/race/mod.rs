@@ -2,6 +2,7 @@
 //! The server reads race files through this module and streams their frames to viewers;
 //! the CLI uses it to generate demo races. File layout: docs/RACE_FORMAT.md.
 
+pub mod circuit;
 pub mod file;
 pub mod generate;
 pub mod model;
@@ -11,6 +12,6 @@ pub use file::{
     read_meta, stored_checksum, write_race, RaceFileError, RaceReader, Truncation, FORMAT_VERSION,
     OLDEST_FORMAT_VERSION,
 };
-pub use generate::{generate, GenError, GenParams};
+pub use generate::{generate, generate_on, GenError, GenParams};
 pub use model::*;
 pub use timeline::{EventKind, RaceEvent, Timeline, TimelineError, WeatherSample};

@@ -90,13 +90,21 @@ pub struct WeatherSample {
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]
 pub enum TimelineError {
     #[error("event {index}: frame {frame} is not in the race's {total} frames")]
-    EventFrame { index: usize, frame: u32, total: u32 },
+    EventFrame {
+        index: usize,
+        frame: u32,
+        total: u32,
+    },
     #[error("event {index}: frame {frame} or t={t} is before the previous event's")]
     EventOrder { index: usize, frame: u32, t: f64 },
     #[error("event {index}: {reason}")]
     Event { index: usize, reason: String },
     #[error("weather sample {index}: frame {frame} is not in the race's {total} frames")]
-    WeatherFrame { index: usize, frame: u32, total: u32 },
+    WeatherFrame {
+        index: usize,
+        frame: u32,
+        total: u32,
+    },
     #[error("weather sample {index}: frame {frame} or t={t} is before the previous sample's")]
     WeatherOrder { index: usize, frame: u32, t: f64 },
     #[error("weather sample {index}: {reason}")]
@@ -285,7 +293,11 @@ impl Recorder {
         }
         let (prev_lap, prev_cars, prev_status) = match self.last.take() {
             Some(last) => last,
-            None => (1, vec![DriverStatus::Running; frame.drivers.len()], TrackStatus::Green),
+            None => (
+                1,
+                vec![DriverStatus::Running; frame.drivers.len()],
+                TrackStatus::Green,
+            ),
         };
         if self.started && lap > prev_lap {
             self.events.push(at(EventKind::Lap, lap));
@@ -422,7 +434,11 @@ mod tests {
         let mut bad = ok.clone();
         bad.events[1].frame = 0;
         bad.events[1].t = -1.0;
-        assert!(check(&bad).contains("before the previous"), "{}", check(&bad));
+        assert!(
+            check(&bad).contains("before the previous"),
+            "{}",
+            check(&bad)
+        );
         let mut bad = ok.clone();
         bad.events[1].driver = Some("ZZZ".into());
         assert!(check(&bad).contains("\"ZZZ\" is not in the race"));
