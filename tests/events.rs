@@ -160,3 +160,77 @@ async fn events_of_an_unknown_race_are_a_json_404() {
     assert_eq!(body["error"], "not_found");
     assert!(body["message"].as_str().unwrap().contains("nope"));
 }
+
+/// A race file as version 1 wrote it: 9 metadata fields, no timeline.
+fn version_1_file() -> Vec<u8> {
+    let params = GenParams {
+        laps: 2,
+        drivers: 4,
+        seed: 3,
+        id: "old-format".into(),
+        name: "Old Format GP".into(),
+    };
+    let (meta, frames) = generate(&params, |_, _| {}).unwrap();
+    let v1 = (
+        &meta.id,
+        &meta.name,
+        meta.total_laps,
+        meta.fps,
+        meta.total_frames,
+        &meta.fields,
+        &meta.track,
+        &meta.drivers,
+        &meta.track_status,
+    );
+    let meta_bytes = rmp_serde::to_vec(&v1).unwrap();
+    let mut out = b"F1REPLAY".to_vec();
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&meta_bytes);
+    rmp::encode::write_array_len(&mut out, frames.len() as u32).unwrap();
+    for f in &frames {
+        rmp_serde::encode::write(&mut out, f).unwrap();
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(b"F1RPLEND");
+    out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+#[tokio::test]
+async fn a_version_1_race_file_still_plays_with_an_empty_timeline() {
+    let hub = TestHub::start();
+    let put = hub
+        .http()
+        .put(hub.url("/api/races/old-format"))
+        .bearer_auth(&hub.admin_token)
+        .body(version_1_file())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
+    let events: Value = hub
+        .get("/api/races/old-format/events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events, serde_json::json!({"events": [], "weather": []}));
+    let meta: Value = hub.get("/api/races/old-format").await.json().await.unwrap();
+    assert_eq!(meta["drivers"].as_array().unwrap().len(), 4);
+
+    let created = hub
+        .http()
+        .post(hub.url("/api/sessions"))
+        .bearer_auth(&hub.admin_token)
+        .json(&serde_json::json!({"race": "old-format", "id": "old"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let mut viewer = common::Viewer::connect(&hub.ws_url("old", None)).await;
+    assert_eq!(viewer.hello["race"], "old-format");
+    let frame = viewer.next_frame().await;
+    assert_eq!(frame.drivers.len(), 4);
+}
