@@ -39,12 +39,14 @@ pub struct RaceEvent {
     pub t: f64,
     pub kind: EventKind,
     /// Code of the driver it concerns (`pit`, `retirement`; optional for `message`).
+    #[serde(deserialize_with = "bounded_text")]
     pub driver: Option<String>,
     /// The lap it concerns: the lap that starts (`lap`, required), or the leader's lap.
     pub lap: Option<u16>,
     /// The new track status (`track_status`, required).
     pub status: Option<TrackStatus>,
     /// Text for the ticker: race control's own words for `message`, optional otherwise.
+    #[serde(deserialize_with = "bounded_text")]
     pub message: Option<String>,
 }
 
@@ -249,6 +251,33 @@ where
         }
     }
     d.deserialize_seq(Bounded::<T, MAX>(PhantomData))
+}
+
+/// An optional string whose length is checked against [`MAX_MESSAGE_BYTES`] before it is copied.
+fn bounded_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    write!(f, "a string of at most {MAX_MESSAGE_BYTES} bytes")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                    if v.len() > MAX_MESSAGE_BYTES {
+                        return Err(E::custom(format!(
+                            "text of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+                            v.len()
+                        )));
+                    }
+                    Ok(Text(v.to_owned()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
 /// Builds the events of a race from its frames as they are produced: lap starts from the
@@ -475,6 +504,15 @@ mod tests {
         };
         let back: Timeline = rmp_serde::from_slice(&rmp_serde::to_vec(&t).unwrap()).unwrap();
         assert_eq!(back, t);
+        // An over-long message is refused while decoding, before it is copied.
+        let mut long = t.clone();
+        long.events[0].message = Some("x".repeat(MAX_MESSAGE_BYTES + 1));
+        let err = rmp_serde::from_slice::<Timeline>(&rmp_serde::to_vec(&long).unwrap());
+        assert!(err.unwrap_err().to_string().contains("over the limit"));
+        let mut none = t.clone();
+        none.events[0].message = None;
+        let back: Timeline = rmp_serde::from_slice(&rmp_serde::to_vec(&none).unwrap()).unwrap();
+        assert_eq!(back, none);
         // Wire values: kinds and statuses as snake-case strings, events as arrays of 7.
         let bytes = rmp_serde::to_vec(&t.events[0]).unwrap();
         assert_eq!(bytes[0], 0x97);
