@@ -4,6 +4,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+COPY circuits circuits
 COPY web/dist web/dist
 RUN cargo build --release --locked --bin replay-hub \
  && strip target/release/replay-hub

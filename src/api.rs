@@ -59,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/races/{race}", web::get().to(race_meta))
                 .route("/races/{race}", web::put().to(upload_race))
                 .route("/races/{race}/frames", web::get().to(race_frames))
+                .route("/races/{race}/events", web::get().to(race_events))
                 .route("/sessions", web::get().to(list_sessions))
                 .route("/sessions", web::post().to(create_session))
                 .route("/sessions/{id}", web::get().to(get_session))
@@ -235,10 +236,29 @@ async fn race_meta(
         .send(GetRace(race.clone()))
         .await?
         .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
-    let etag = entry.etag.trim_matches('"').to_owned();
-    let tag = EntityTag::new_strong(etag);
+    Ok(revalidated(&req, &entry.etag, entry.meta_json))
+}
+
+/// The race's timeline (events and weather), cached and revalidated like its metadata.
+async fn race_events(
+    req: HttpRequest,
+    race: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let race = race.into_inner();
+    let entry = state
+        .hub
+        .send(GetRace(race.clone()))
+        .await?
+        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
+    Ok(revalidated(&req, &entry.events_etag, entry.events_json))
+}
+
+/// A JSON body that never changes for a given strong `etag`: 304 when the client has it.
+fn revalidated(req: &HttpRequest, etag: &str, body: bytes::Bytes) -> HttpResponse {
+    let tag = EntityTag::new_strong(etag.trim_matches('"').to_owned());
     let not_modified = match req.headers().get(header::IF_NONE_MATCH) {
-        Some(_) => match header::Header::parse(&req) {
+        Some(_) => match header::Header::parse(req) {
             Ok(IfNoneMatch::Any) => true,
             Ok(IfNoneMatch::Items(items)) => items.iter().any(|t| t.weak_eq(&tag)),
             Err(_) => false,
@@ -254,11 +274,9 @@ async fn race_meta(
         .insert_header(header::ETag(tag))
         .insert_header((header::CACHE_CONTROL, "public, max-age=86400"));
     if not_modified {
-        return Ok(response.finish());
+        return response.finish();
     }
-    Ok(response
-        .content_type("application/json")
-        .body(entry.meta_json))
+    response.content_type("application/json").body(body)
 }
 
 #[derive(Deserialize)]
@@ -278,7 +296,7 @@ async fn race_frames(
         .hub
         .send(GetRace(race.clone()))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no race {race:?}")))?;
+        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
     let FrameRange { from, to } = range.into_inner();
     let total = entry.meta.total_frames;
     let max = state.max_frames_per_request;

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::encode::{EncodedRace, ENCODING_VERSION};
 use crate::race::RaceMeta;
 
-/// Key schema version: bump when the key layout or the manifest changes.
-pub const SCHEMA: &str = "v1";
+/// Key schema version: bump when the key layout, the manifest or the stored metadata changes
+/// (v2: the metadata carries the race's timeline, which v1 readers cannot decode).
+pub const SCHEMA: &str = "v2";
 /// Frames per chunk: about 1 MB of encoded frames per key.
 pub const CHUNK_FRAMES: u32 = 1000;
 /// Largest cached metadata accepted, as for race files.

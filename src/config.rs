@@ -293,6 +293,15 @@ pub struct GenerateArgs {
     /// Race name shown to viewers.
     #[arg(long, default_value = "Generated Grand Prix")]
     pub name: String,
+    /// Layout: "random" (made from the seed) or a built-in real circuit, e.g. it-1922 (Monza).
+    #[arg(
+        long,
+        default_value = "random",
+        value_parser = clap::builder::PossibleValuesParser::new(
+            std::iter::once("random").chain(crate::race::circuit::ids())
+        )
+    )]
+    pub circuit: String,
     /// Output race file.
     #[arg(long)]
     pub out: PathBuf,

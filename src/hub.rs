@@ -102,23 +102,33 @@ pub fn valid_id(id: &str) -> bool {
 pub struct RaceEntry {
     pub path: Option<PathBuf>,
     pub meta: Arc<RaceMeta>,
-    /// `GET /api/races/{race}` body, built once.
+    /// `GET /api/races/{race}` body, built once: the metadata without its timeline.
     pub meta_json: Bytes,
     /// Strong ETag of `meta_json`.
     pub etag: String,
+    /// `GET /api/races/{race}/events` body, built once: the timeline.
+    pub events_json: Bytes,
+    /// Strong ETag of `events_json`.
+    pub events_etag: String,
 }
 
 impl RaceEntry {
     pub fn new(path: Option<PathBuf>, meta: RaceMeta) -> Self {
+        // The timeline is served on its own (`/events`), so the metadata stays small.
         // unwrap: race metadata holds only strings, numbers and arrays of them.
-        let json = serde_json::to_vec(&meta).unwrap();
-        let digest = Sha256::digest(&json);
-        let etag = format!("\"{}\"", hex(&digest[..16]));
+        let mut value = serde_json::to_value(&meta).unwrap();
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("timeline");
+        }
+        let json = serde_json::to_vec(&value).unwrap();
+        let events = serde_json::to_vec(&meta.timeline).unwrap();
         Self {
             path,
             meta: Arc::new(meta),
+            etag: strong_etag(&json),
             meta_json: Bytes::from(json),
-            etag,
+            events_etag: strong_etag(&events),
+            events_json: Bytes::from(events),
         }
     }
 
@@ -131,6 +141,11 @@ impl RaceEntry {
             total_frames: self.meta.total_frames,
         }
     }
+}
+
+fn strong_etag(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("\"{}\"", hex(&digest[..16]))
 }
 
 fn hex(bytes: &[u8]) -> String {

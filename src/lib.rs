@@ -42,7 +42,7 @@ use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
 use crate::metrics::Metrics;
-use crate::race::{generate, write_race, GenParams};
+use crate::race::{generate_on, write_race, GenParams};
 use crate::viewer::ViewerLimits;
 
 pub use crate::datadir::scan_races;
@@ -427,21 +427,27 @@ async fn cached_race_ids(cache: &RaceCache) -> Vec<String> {
 fn generate_demo(dir: &Path, laps: u16) -> Result<RaceEntry, StartError> {
     let path = dir.join("demo.race");
     tracing::info!(path = %path.display(), laps, "no races found; generating a demo race");
+    // The demo runs on a real circuit, embedded in the binary.
+    let outline = race::circuit::load(race::circuit::DEFAULT_CIRCUIT)
+        .map_err(|e| StartError::Demo(e.to_string()))?;
     let params = GenParams {
         laps,
+        name: format!("Generated Grand Prix · {}", outline.name),
         ..GenParams::default()
     };
-    let meta = write_generated(&params, &path, |_, _| {}).map_err(StartError::Demo)?;
+    let meta =
+        write_generated(&params, Some(&outline), &path, |_, _| {}).map_err(StartError::Demo)?;
     Ok(RaceEntry::new(Some(path), meta))
 }
 
 /// Generates a race and writes it atomically (temporary file, then rename).
 fn write_generated(
     params: &GenParams,
+    outline: Option<&race::circuit::Outline>,
     path: &Path,
     progress: impl FnMut(u64, u64),
 ) -> Result<race::RaceMeta, String> {
-    let (meta, frames) = generate(params, progress).map_err(|e| e.to_string())?;
+    let (meta, frames) = generate_on(params, outline, progress).map_err(|e| e.to_string())?;
     let tmp = path.with_extension("race.tmp");
     let write = || -> Result<(), String> {
         let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -550,7 +556,11 @@ pub fn generate_race_file(args: &GenerateArgs) -> Result<race::RaceMeta, String>
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} frames ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let meta = write_generated(&params, &args.out, |done, total| {
+    let outline = match args.circuit.as_str() {
+        "random" => None,
+        id => Some(race::circuit::load(id).map_err(|e| e.to_string())?),
+    };
+    let meta = write_generated(&params, outline.as_ref(), &args.out, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;

@@ -13,7 +13,7 @@ use common::{
     Viewer, REDIS_URL,
 };
 use futures_util::StreamExt;
-use replay_hub::cache::{file_content_id, CacheSpec, Compression, RaceCache};
+use replay_hub::cache::{file_content_id, CacheSpec, Compression, RaceCache, SCHEMA};
 use replay_hub::encode::EncodedRace;
 use replay_hub::hub::{load_race_file, RaceSummary};
 use serde_json::{json, Value};
@@ -50,7 +50,7 @@ async fn first_frame(url: &str) -> Vec<u8> {
 
 /// Waits until a hub has written `race` back to the Redis at `url` under `prefix`.
 async fn written_back(url: &str, prefix: &str, race: &str) {
-    let manifest = format!("{prefix}:v1:race:{race}:manifest");
+    let manifest = format!("{prefix}:{SCHEMA}:race:{race}:manifest");
     let mut conn = redis_conn(url);
     eventually("the race written back to Redis", || {
         let exists: bool = redis::cmd("EXISTS")
@@ -89,6 +89,10 @@ async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
             .unwrap()
             .unwrap();
         assert_same(&original, &loaded);
+        assert!(
+            !loaded.meta.timeline.events.is_empty(),
+            "the timeline comes back from the cache"
+        );
 
         let mut conn = redis_conn(REDIS_URL);
         let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -96,7 +100,7 @@ async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
             .query(&mut conn)
             .unwrap();
         keys.sort();
-        let schema = format!("{}:v1:", prefix.0);
+        let schema = format!("{}:{SCHEMA}:", prefix.0);
         assert!(keys.iter().all(|k| k.starts_with(&schema)), "{keys:?}");
         assert!(keys.contains(&format!("{schema}race:test-race:manifest")));
         assert!(keys.contains(&format!("{schema}race:test-race:{content}:chunk:0")));
@@ -323,7 +327,7 @@ async fn a_corrupted_chunk_is_detected_reloaded_from_the_file_and_counted() {
     let first = TestHub::start_with(with_redis.clone());
     first_frame(&first.ws_url("demo", None)).await;
     let content = file_content_id(race_file()).unwrap();
-    let chunk = format!("{}:v1:race:test-race:{content}:chunk:2", prefix.0);
+    let chunk = format!("{}:{SCHEMA}:race:test-race:{content}:chunk:2", prefix.0);
     written_back(REDIS_URL, &prefix.0, "test-race").await;
     first.shutdown().unwrap();
     let mut conn = redis_conn(REDIS_URL);

@@ -6,8 +6,11 @@ use super::model::{Frame, RaceMeta, DRIVER_FIELDS, FPS, MAX_TOTAL_FRAMES};
 use serde::Deserialize;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
-/// Bumped on any incompatible layout change; readers refuse other versions.
-pub const FORMAT_VERSION: u16 = 1;
+/// Bumped on any incompatible layout change; the writer writes this version.
+/// Version 2 added the timeline (events and weather) as the metadata's last field.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest version readers still accept: version 1 files read with an empty timeline.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// First 8 bytes of every race file.
 pub const MAGIC: [u8; 8] = *b"F1REPLAY";
 /// First 8 bytes of the trailer, right after the last frame.
@@ -30,7 +33,7 @@ pub enum RaceFileError {
     Io(#[from] io::Error),
     #[error("not a race file: expected magic \"F1REPLAY\", found \"{}\"", escape(.found))]
     NotARaceFile { found: Vec<u8> },
-    #[error("unsupported race file version {found} (this build reads version {supported})")]
+    #[error("unsupported race file version {found} (this build reads versions 1 to {supported})")]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("truncated race file: {0}")]
     Truncated(Truncation),
@@ -201,7 +204,18 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
         }
         prev_start = iv.start_t;
     }
-    Ok(())
+    meta.timeline
+        .validate(meta.total_frames, meta.total_laps, &meta.drivers)
+        .map_err(|e| format!("timeline: {e}"))
+}
+
+/// Fields of the metadata array in each file version: version 2 added the timeline.
+fn meta_fields(version: u16) -> u32 {
+    if version >= 2 {
+        10
+    } else {
+        9
+    }
 }
 
 /// Checks metadata read from elsewhere (a cache) by the same rules as a file's.
@@ -240,7 +254,7 @@ fn read_head(r: &mut impl Read) -> Result<RaceMeta, RaceFileError> {
         return Err(RaceFileError::Truncated(Truncation::Header { found: n }));
     }
     let version = u16::from_be_bytes([head[8], head[9]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(RaceFileError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -262,6 +276,16 @@ fn read_head(r: &mut impl Read) -> Result<RaceMeta, RaceFileError> {
         }));
     }
     let mut rest = &bytes[..];
+    let fields = rmp::decode::read_array_len(&mut &bytes[..]).ok();
+    if let Some(n) = fields.filter(|&n| n != meta_fields(version)) {
+        return Err(RaceFileError::Malformed {
+            frame: None,
+            reason: format!(
+                "metadata has {n} fields, version {version} has {}",
+                meta_fields(version)
+            ),
+        });
+    }
     let meta =
         RaceMeta::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).map_err(|e| {
             RaceFileError::Malformed {
@@ -810,6 +834,99 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("frame array holds"), "{err}");
+    }
+
+    /// The metadata as version 1 wrote it: the first 9 fields, no timeline.
+    fn v1_file(meta: &RaceMeta, frames: &[Frame]) -> Vec<u8> {
+        let v1 = (
+            &meta.id,
+            &meta.name,
+            meta.total_laps,
+            meta.fps,
+            meta.total_frames,
+            &meta.fields,
+            &meta.track,
+            &meta.drivers,
+            &meta.track_status,
+        );
+        let meta_bytes = rmp_serde::to_vec(&v1).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&meta_bytes);
+        rmp::encode::write_array_len(&mut out, frames.len() as u32).unwrap();
+        for f in frames {
+            rmp_serde::encode::write(&mut out, f).unwrap();
+        }
+        let mut h = Crc32::new();
+        h.update(&out);
+        out.extend_from_slice(&END_MAGIC);
+        out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+        out.extend_from_slice(&h.finalize().to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn reads_version_1_files_with_an_empty_timeline() {
+        let (meta, frames, bytes) = sample();
+        assert_eq!(&bytes[8..10], &FORMAT_VERSION.to_be_bytes());
+        assert!(
+            !meta.timeline.events.is_empty(),
+            "generated races have events"
+        );
+        let old = v1_file(meta, frames);
+        let reader = RaceReader::new(&old[..]).unwrap();
+        let read = reader.meta().clone();
+        assert!(read.timeline.is_empty());
+        assert_eq!(
+            RaceMeta {
+                timeline: meta.timeline.clone(),
+                ..read
+            },
+            *meta
+        );
+        let back: Vec<Frame> = reader.collect::<Result<_, _>>().unwrap();
+        assert_eq!(&back, frames);
+
+        // Each version has its own number of metadata fields.
+        let mut mislabelled = old.clone();
+        mislabelled[8..10].copy_from_slice(&2u16.to_be_bytes());
+        let err = read_meta(&mislabelled[..]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("metadata has 9 fields, version 2 has 10"),
+            "{err}"
+        );
+        let mut mislabelled = bytes.clone();
+        mislabelled[8..10].copy_from_slice(&1u16.to_be_bytes());
+        let err = read_meta(&mislabelled[..]).unwrap_err();
+        assert!(err.to_string().contains("version 1 has 9"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_timeline_that_breaks_the_rules() {
+        let (meta, frames, bytes) = sample();
+        let mut bad = meta.clone();
+        bad.timeline.events[1].frame = meta.total_frames;
+        let err = write_race(Vec::new(), &bad, frames.iter().cloned()).unwrap_err();
+        assert!(matches!(err, RaceFileError::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains("timeline: event 1: frame"),
+            "{err}"
+        );
+        let err = read_meta(&with_meta(bytes, &bad)[..]).unwrap_err();
+        assert!(err.to_string().contains("timeline: event 1"), "{err}");
+
+        let mut bad = meta.clone();
+        bad.timeline.events.swap(1, 2);
+        bad.timeline.events[1].frame += 1;
+        let err = read_meta(&with_meta(bytes, &bad)[..]).unwrap_err();
+        assert!(err.to_string().contains("before the previous"), "{err}");
+
+        let mut bad = meta.clone();
+        bad.timeline.weather[0].frame = u32::MAX;
+        let err = read_meta(&with_meta(bytes, &bad)[..]).unwrap_err();
+        assert!(err.to_string().contains("weather sample 0"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! returns the metadata and every frame. Used by the CLI to make demo races and by tests, so
 //! the server works without real data. Same parameters => same race, bit for bit.
 
+use super::circuit::Outline;
 use super::model::{
     Bounds, Driver, DriverFrame, DriverStatus, Frame, RaceMeta, Track, TrackStatus,
     TrackStatusInterval, DRIVER_FIELDS, FPS,
 };
+use super::timeline::{Recorder, Timeline, WeatherSample};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -21,6 +23,8 @@ const MIN_MAIN_STRAIGHT: f64 = 450.0;
 const MIN_CLEARANCE: f64 = 28.0;
 const MAX_TRACK_ATTEMPTS: u32 = 500;
 const BOUNDS_MARGIN: f64 = 20.0;
+/// On a real outline, curvature under this (a radius over 500 m) counts as straight.
+const REAL_STRAIGHT_CURVATURE: f64 = 1.0 / 500.0;
 
 // Car performance: lateral grip is GRIP_LOW g plus GRIP_AERO g more at AERO_REF_V (downforce
 // grows with v²), so slow corners run at 2-3 g and fast ones at 4-5 g.
@@ -130,18 +134,33 @@ pub enum GenError {
     NoTrack(u32),
     #[error("race simulation did not finish within {0} frames")]
     DidNotFinish(u32),
+    #[error("circuit {id:?} cannot be raced on: {reason}")]
+    BadCircuit { id: String, reason: String },
 }
 
-/// Generates a whole race: deterministic per `params.seed`, so the same parameters always
-/// give byte-identical files. `progress(frames_done, frames_estimated)` is called every
-/// 1000 frames and once at the end, for a progress bar.
+/// Generates a whole race on a random layout: deterministic per `params.seed`, so the same
+/// parameters always give byte-identical files. `progress(frames_done, frames_estimated)` is
+/// called every 1000 frames and once at the end, for a progress bar.
 pub fn generate(
     params: &GenParams,
+    progress: impl FnMut(u64, u64),
+) -> Result<(RaceMeta, Vec<Frame>), GenError> {
+    generate_on(params, None, progress)
+}
+
+/// Like [`generate`], on a real circuit's outline when one is given (see `circuit::load`):
+/// the seed then decides everything but the layout.
+pub fn generate_on(
+    params: &GenParams,
+    outline: Option<&Outline>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(RaceMeta, Vec<Frame>), GenError> {
     check_params(params)?;
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    let circuit = build_circuit(&mut rng)?;
+    let circuit = match outline {
+        Some(o) => Circuit::from_outline(o, rng.random_range(320.0..338.0) / 3.6)?,
+        None => build_circuit(&mut rng)?,
+    };
     let n = usize::from(params.drivers);
     let cars = plan_cars(&mut rng, n, params.laps);
     let control = plan_control(&mut rng, &cars, params.laps, circuit.length);
@@ -159,6 +178,17 @@ pub fn generate(
     let max_frames = u32::try_from(estimate * 2 + 15_000).unwrap_or(u32::MAX);
     let mut frames = Vec::with_capacity(estimate as usize + 2_000);
     let mut intervals: Vec<TrackStatusInterval> = Vec::new();
+    let drivers: Vec<Driver> = DRIVERS[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, &(code, number))| Driver {
+            code: code.into(),
+            number,
+            team: TEAMS[i / 2].0.into(),
+            colour: TEAMS[i / 2].1,
+        })
+        .collect();
+    let mut recorder = Recorder::new(&drivers);
     let mut k: u32 = 0;
     loop {
         let t = f64::from(k) * DT;
@@ -182,7 +212,9 @@ pub fn generate(
                 end_t: 0.0,
             }),
         }
-        frames.push(sim.frame(t));
+        let frame = sim.frame(t);
+        recorder.frame(k, &frame, status);
+        frames.push(frame);
         if k.is_multiple_of(1000) {
             progress(u64::from(k), estimate.max(u64::from(k)));
         }
@@ -212,19 +244,45 @@ pub fn generate(
         total_frames: k + 1,
         fields: DRIVER_FIELDS.iter().map(|f| f.to_string()).collect(),
         track: sim.circuit.track(),
-        drivers: DRIVERS[..n]
-            .iter()
-            .enumerate()
-            .map(|(i, &(code, number))| Driver {
-                code: code.into(),
-                number,
-                team: TEAMS[i / 2].0.into(),
-                colour: TEAMS[i / 2].1,
-            })
-            .collect(),
+        drivers,
         track_status: intervals,
+        timeline: Timeline {
+            events: recorder.into_events(),
+            // Drawn last, so the weather changes nothing else a seed decides.
+            weather: weather(&mut rng, k + 1),
+        },
     };
     Ok((meta, frames))
+}
+
+/// One weather sample a minute: a warm dry day whose temperatures drift slowly.
+fn weather(rng: &mut ChaCha8Rng, total_frames: u32) -> Vec<WeatherSample> {
+    let air = rng.random_range(18.0..30.0);
+    let track_gain = rng.random_range(8.0..16.0);
+    let humidity = rng.random_range(35.0..65.0);
+    let pressure = rng.random_range(1005.0..1020.0);
+    let wind_from = rng.random_range(0.0..360.0);
+    let wind = rng.random_range(0.5..4.0);
+    (0..total_frames)
+        .step_by(60 * FPS as usize)
+        .map(|frame| {
+            let t = f64::from(frame) * DT;
+            // Slow drifts over the race (cooling towards the evening), never random jumps.
+            let drift = (t / 3600.0) as f32;
+            let wave = (t / 900.0).sin() as f32;
+            WeatherSample {
+                frame,
+                t,
+                air_temp_c: air - 1.5 * drift + 0.3 * wave,
+                track_temp_c: air + track_gain - 4.0 * drift + 0.6 * wave,
+                humidity_pct: (humidity + 4.0 * drift).min(100.0),
+                pressure_hpa: pressure - 0.5 * drift,
+                rainfall: false,
+                wind_speed_ms: (wind + 0.5 * wave).max(0.0),
+                wind_direction_deg: (wind_from + 10.0 * wave).rem_euclid(360.0) % 360.0,
+            }
+        })
+        .collect()
 }
 
 fn check_params(p: &GenParams) -> Result<(), GenError> {
@@ -692,6 +750,76 @@ impl Circuit {
         }
         Some(Circuit {
             length,
+            ds,
+            pts,
+            v_top,
+            lap_time,
+        })
+    }
+
+    /// A real circuit: the outline's points, with speeds from its measured curvature (limited
+    /// to MIN_CORNER_RADIUS), straights where it is nearly straight, DRS zones on its two
+    /// longest straights, and the start line at the outline's first point.
+    fn from_outline(o: &Outline, v_top: f64) -> Result<Circuit, GenError> {
+        let n = o.points.len();
+        if n < 100 || o.normals.len() != n || o.curvature.len() != n {
+            return Err(GenError::BadCircuit {
+                id: o.id.clone(),
+                reason: format!("an outline of {n} points"),
+            });
+        }
+        let ds = o.length / n as f64;
+        let curv: Vec<f64> = o
+            .curvature
+            .iter()
+            .map(|k| k.min(1.0 / MIN_CORNER_RADIUS))
+            .collect();
+        let straight: Vec<bool> = curv.iter().map(|&k| k < REAL_STRAIGHT_CURVATURE).collect();
+        // Runs of straight points as (first index, points), scanned from a corner so that a
+        // straight through the start line is one run.
+        let Some(corner) = straight.iter().position(|s| !s) else {
+            return Err(GenError::BadCircuit {
+                id: o.id.clone(),
+                reason: "it has no corners".into(),
+            });
+        };
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for k in 1..=n {
+            let i = (corner + k) % n;
+            match (straight[i], runs.last_mut()) {
+                (true, Some((start, len))) if (*start + *len) % n == i => *len += 1,
+                (true, _) => runs.push((i, 1)),
+                _ => {}
+            }
+        }
+        runs.retain(|&(_, len)| len as f64 * ds >= DRS_MIN_STRAIGHT);
+        runs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        runs.truncate(DRS_ZONES);
+        let mut drs = vec![false; n];
+        for &(start, len) in &runs {
+            let (from, to) = (
+                (80.0 / ds) as usize,
+                len.saturating_sub((30.0 / ds) as usize),
+            );
+            for k in from..to {
+                drs[(start + k) % n] = true;
+            }
+        }
+        let v = speed_profile(&curv, ds, v_top);
+        let lap_time: f64 = v.iter().map(|v| ds / v).sum();
+        let pts = (0..n)
+            .map(|i| TrackPoint {
+                x: o.points[i][0],
+                y: o.points[i][1],
+                nx: o.normals[i][0],
+                ny: o.normals[i][1],
+                v: v[i],
+                straight: straight[i],
+                drs: drs[i],
+            })
+            .collect();
+        Ok(Circuit {
+            length: o.length,
             ds,
             pts,
             v_top,
@@ -1668,9 +1796,13 @@ mod tests {
 
     /// Everything a viewer relies on, checked frame by frame on a short full-field race.
     fn check_race(seed: u64) {
+        check_race_on(seed, None);
+    }
+
+    fn check_race_on(seed: u64, outline: Option<&Outline>) -> (RaceMeta, Vec<Frame>) {
         let p = params(3, 20, seed);
         let mut calls = 0;
-        let (meta, frames) = generate(&p, |done, est| {
+        let (meta, frames) = generate_on(&p, outline, |done, est| {
             calls += 1;
             assert!(done <= est);
         })
@@ -1768,6 +1900,8 @@ mod tests {
             assert!((75.0..=85.0).contains(&lane_max), "driver {i}: {lane_max}");
         }
 
+        check_events(&meta, &frames);
+
         // Somebody passes somebody on track (both running, not a pit stop reshuffle).
         let overtakes = frames
             .windows(2)
@@ -1788,6 +1922,133 @@ mod tests {
             })
             .count();
         assert!(overtakes >= 1, "seed {seed}: no overtakes");
+        (meta, frames)
+    }
+
+    /// Lap times and corner speeds on the real layouts, against what F1 cars do there
+    /// (typical race laps: Spa 1:47, Bahrain 1:36, Silverstone 1:31, Hungaroring 1:21,
+    /// Monza 1:23, Monaco 1:15), within 15 %.
+    #[test]
+    fn real_circuits_have_real_lap_times_and_corner_speeds() {
+        use crate::race::circuit;
+        let real = [
+            ("be-1925", 107.0),
+            ("bh-2002", 96.0),
+            ("gb-1948", 91.0),
+            ("hu-1986", 81.0),
+            ("it-1922", 83.0),
+            ("mc-1929", 75.0),
+        ];
+        for (id, lap) in real {
+            let o = circuit::load(id).unwrap();
+            let c = Circuit::from_outline(&o, 330.0 / 3.6).unwrap();
+            let v_min = c.pts.iter().map(|p| p.v).fold(f64::MAX, f64::min) * 3.6;
+            let v_max = c.pts.iter().map(|p| p.v).fold(0.0, f64::max) * 3.6;
+            println!(
+                "{id}: lap {:.1} s (real {lap}), {v_min:.0}-{v_max:.0} km/h",
+                c.lap_time
+            );
+            assert!(
+                (0.85 * lap..=1.15 * lap).contains(&c.lap_time),
+                "{id}: lap {:.1} s against {lap} s",
+                c.lap_time
+            );
+            assert!((40.0..=120.0).contains(&v_min), "{id}: slowest {v_min}");
+            // Monaco's straights are all bent (the tunnel) or short.
+            if id != "mc-1929" {
+                assert!(c.pts.iter().any(|p| p.drs), "{id}: a DRS zone");
+            }
+        }
+        // Monaco's hairpin is far slower than anything at Monza, whose straights are flat out.
+        let slowest = |id| {
+            let c = Circuit::from_outline(&circuit::load(id).unwrap(), 330.0 / 3.6).unwrap();
+            c.pts.iter().map(|p| p.v).fold(f64::MAX, f64::min)
+        };
+        assert!(slowest("mc-1929") < slowest("it-1922"));
+    }
+
+    /// A full-field race on Monza is as sane as on a generated layout, and every car stays on
+    /// the outline (within the pit lane's and the run-off's offsets) in every frame.
+    #[test]
+    fn races_on_a_real_circuit() {
+        let o = crate::race::circuit::load("it-1922").unwrap();
+        let (meta, frames) = check_race_on(3, Some(&o));
+        let t = &meta.track;
+        assert!((f64::from(t.length_m) - o.length).abs() < 1e-3);
+        let centre: Vec<(f32, f32)> = t
+            .centre_x
+            .iter()
+            .copied()
+            .zip(t.centre_y.iter().copied())
+            .collect();
+        for f in frames.iter().step_by(5) {
+            for d in &f.drivers {
+                let nearest = centre
+                    .iter()
+                    .map(|&(x, y)| (x - d.x).hypot(y - d.y))
+                    .fold(f32::MAX, f32::min);
+                assert!(
+                    nearest <= RETIRED_OFFSET as f32 + 4.0,
+                    "t={}: {d:?} is {nearest} m off",
+                    f.t
+                );
+            }
+        }
+    }
+
+    /// The timeline says what the frames show: every lap start, stop, retirement and status
+    /// change at the frame it happens, and a weather sample a minute.
+    fn check_events(meta: &RaceMeta, frames: &[Frame]) {
+        use crate::race::timeline::EventKind;
+        let tl = &meta.timeline;
+        tl.validate(meta.total_frames, meta.total_laps, &meta.drivers)
+            .unwrap();
+        for e in &tl.events {
+            assert_eq!(e.t, frames[e.frame as usize].t, "{e:?}");
+        }
+        let of = |kind: EventKind| tl.events.iter().filter(move |e| e.kind == kind);
+        let laps: Vec<u16> = of(EventKind::Lap).filter_map(|e| e.lap).collect();
+        assert_eq!(laps, (1..=meta.total_laps).collect::<Vec<_>>());
+        let start = of(EventKind::Lap).next().unwrap().t;
+        assert!(
+            (start - LIGHTS_OUT).abs() <= DT + 1e-9,
+            "race starts at {start}"
+        );
+        for kind in [DriverStatus::Pit, DriverStatus::Retired] {
+            let mut seen = Vec::new();
+            for (k, w) in frames.windows(2).enumerate() {
+                for (i, (a, b)) in w[0].drivers.iter().zip(&w[1].drivers).enumerate() {
+                    if a.status != kind && b.status == kind {
+                        seen.push((k as u32 + 1, meta.drivers[i].code.clone()));
+                    }
+                }
+            }
+            let event_kind = match kind {
+                DriverStatus::Pit => EventKind::Pit,
+                _ => EventKind::Retirement,
+            };
+            let listed: Vec<(u32, String)> = of(event_kind)
+                .map(|e| (e.frame, e.driver.clone().unwrap()))
+                .collect();
+            assert_eq!(listed, seen, "{kind:?}");
+        }
+        let changes: Vec<(f64, TrackStatus)> = of(EventKind::TrackStatus)
+            .map(|e| (e.t, e.status.unwrap()))
+            .collect();
+        let intervals: Vec<(f64, TrackStatus)> = meta
+            .track_status
+            .iter()
+            .skip(1)
+            .map(|iv| (iv.start_t, iv.status))
+            .collect();
+        assert_eq!(changes, intervals);
+        assert_eq!(of(EventKind::Chequered).count(), 1);
+        let minutes = (frames.last().unwrap().t / 60.0).floor() as usize + 1;
+        assert_eq!(tl.weather.len(), minutes);
+        assert!(tl
+            .weather
+            .windows(2)
+            .all(|w| w[1].frame - w[0].frame == 1500));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The race data model: metadata (track, drivers, track status) and the 25 FPS frames.
+//! The race data model: metadata (track, drivers, track status, timeline) and the 25 FPS frames.
 //! Shared by the file format (`file`), the generator (`generate`) and the server, which
 //! sends these values to viewers; field order here is wire order (see docs/RACE_FORMAT.md).
 
 use serde::{Deserialize, Serialize};
+
+use super::timeline::Timeline;
 
 /// Replays are sampled at this rate; frame `n` is at `t = n / FPS` seconds.
 pub const FPS: u32 = 25;
@@ -49,6 +51,9 @@ pub struct RaceMeta {
     pub drivers: Vec<Driver>,
     /// Contiguous intervals covering the whole replay.
     pub track_status: Vec<TrackStatusInterval>,
+    /// Events and weather, from file version 2 on (empty when read from a version 1 file).
+    #[serde(default)]
+    pub timeline: Timeline,
 }
 
 /// Track outline in metres, in the same coordinate space as the cars' `x`/`y`.

@@ -2,6 +2,8 @@
 // interpolating between the 25 FPS frames the worker decodes, and keeps the leaderboard, clock,
 // lap counter and connection state current. With a control token it shows the controls.
 // It exposes what it drew on document.body.dataset for tests (cars, frame, playing).
+// The race-control ticker, the weather and the jump controls live in events.js.
+import { createTicker, loadTimeline, markTimeline, setUpJumps } from "./events.js";
 
 const TYRES = { 0: ["S", "#e8002d"], 1: ["M", "#ffd12e"], 2: ["H", "#f0f0ec"], 3: ["I", "#43b02a"], 4: ["W", "#0067ad"] };
 const STATUS = { 1: "PIT", 2: "OUT", 3: "FIN" };
@@ -20,6 +22,9 @@ let view = null; // track-to-canvas transform
 let trackImage = null; // the static track, drawn once per resize
 let dragging = false;
 let rows = [];
+let raceTimeline = { events: [], weather: [] };
+let showEvents = () => {}; // shows the ticker and weather as of a frame
+let shownFrame = 0; // the frame on screen: nothing later is shown anywhere
 
 async function start() {
   const session = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
@@ -40,6 +45,8 @@ async function start() {
   $("race-name").textContent = meta.name;
   document.title = `${meta.name} · replay-hub`;
   buildLeaderboard();
+  raceTimeline = await loadTimeline(info.race).catch(() => raceTimeline);
+  showEvents = createTicker($("ticker"), $("weather"), raceTimeline);
   window.addEventListener("resize", resize);
   resize();
 
@@ -95,6 +102,9 @@ function applyState(next) {
   $("play").textContent = next.playing ? "Pause" : "Play";
   $("speed").value = String(next.speed);
   if (!dragging) $("timeline").value = String(next.frame);
+  // A seek back must take the ticker back at once, before the next frame arrives.
+  shownFrame = next.frame;
+  showEvents(shownFrame);
 }
 
 function setUpControls(worker) {
@@ -108,6 +118,8 @@ function setUpControls(worker) {
     dragging = false;
     send({ cmd: "seek", frame: Number(timeline.value) });
   };
+  setUpJumps({ timeline: raceTimeline, meta, send, currentFrame: () => shownFrame });
+  markTimeline($("timeline-marks"), meta);
 }
 
 function showEnded(reason) {
@@ -219,6 +231,8 @@ function draw(now) {
   });
   document.body.dataset.cars = String(cars);
   document.body.dataset.frame = String(b.i);
+  shownFrame = b.i;
+  showEvents(b.i);
 }
 
 // --- leaderboard -----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 // The web viewer in a real browser: headless Chromium (Debian's, /usr/bin/chromium) driven by
 // playwright-core against a real hub started from the built binary on a free port.
 // REPLAY_HUB_BIN overrides the binary (default ../target/debug/replay-hub), CHROMIUM the browser.
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -162,6 +162,95 @@ describe("the web viewer", () => {
     assert.equal(legacy.status, 301);
     assert.equal(legacy.headers.get("location"), icon);
     await viewer.close();
+  });
+
+  test("the race-control ticker shows nothing later than the frame on screen, and a next-event jump moves every viewer", async () => {
+    const events = await (await fetch(`${base}/api/races/demo/events`)).json();
+    const listed = events.events.filter((e) => e.kind !== "lap");
+    assert.ok(listed.length > 0, "the demo race has events");
+    const controller = await openPage(`/sessions/demo?token=${token}`);
+    const viewer = await openPage("/sessions/demo");
+    await controller.locator("#controls").waitFor();
+    await viewer.waitForSelector('body[data-cars="20"]');
+    const shown = (page) =>
+      page.evaluate(() => ({
+        frame: Number(document.body.dataset.frame),
+        ticker: Number(document.body.dataset.tickerFrame),
+        rows: [...document.querySelectorAll("#ticker li")].map((li) => Number(li.dataset.frame)),
+      }));
+    const noSpoilers = async (page) => {
+      const s = await shown(page);
+      assert.ok(s.rows.every((f) => f <= s.frame), `ticker rows ${s.rows} after frame ${s.frame}`);
+      return s;
+    };
+
+    // Rewind to the start: nothing has happened yet.
+    await controller.locator("#timeline").evaluate((slider) => {
+      slider.value = "0";
+      slider.dispatchEvent(new Event("change"));
+    });
+    await viewer.waitForFunction(() => Number(document.body.dataset.frame) < 500);
+    await noSpoilers(viewer);
+    const first = listed[0].frame;
+    if (first > 500) assert.equal((await shown(viewer)).ticker, -1, "an empty ticker at the start");
+
+    // "Next event" takes every viewer to the first event, which tops their ticker.
+    await controller.locator("#next-event").click();
+    for (const page of [viewer, controller]) {
+      await page.waitForFunction((f) => Number(document.body.dataset.frame) >= f, first);
+      const s = await noSpoilers(page);
+      assert.ok(s.frame < first + 250, `jumped to ${s.frame}, the event is at ${first}`);
+      assert.ok(s.ticker >= first && s.ticker <= s.frame, `ticker at ${s.ticker}`);
+      assert.equal(await page.locator("#ticker li").first().getAttribute("data-frame"), String(s.ticker));
+    }
+    assert.ok((await viewer.locator("#ticker li").first().textContent()).length > 3);
+    assert.match(await viewer.locator("#weather").textContent(), /Air \d+°C/);
+    assert.ok(await viewer.locator("#prev-event").isHidden(), "no jump controls without the token");
+
+    // "Previous event" from there goes back before it, and the ticker follows.
+    await controller.locator("#prev-event").click();
+    await viewer.waitForFunction((f) => Number(document.body.dataset.frame) < f, first);
+    const back = await noSpoilers(viewer);
+    assert.ok(back.ticker < first, `ticker at ${back.ticker} after going back before ${first}`);
+    await controller.close();
+    await viewer.close();
+  });
+
+  test("jump to lap N, and safety car periods marked on the slider", async () => {
+    // A race with a safety car (this seed has one), uploaded and played in its own session.
+    const file = join(dataDir, "eventful.upload");
+    execFileSync(BIN, ["generate", "--laps", "8", "--drivers", "10", "--seed", "19", "--id", "eventful", "--quiet", "--out", file]);
+    const put = await fetch(`${base}/api/races/eventful`, {
+      method: "PUT",
+      headers: { Authorization: `Bearer ${ADMIN}` },
+      body: readFileSync(file),
+    });
+    assert.equal(put.status, 201);
+    const created = await admin("POST", "/api/sessions", { race: "eventful", id: "eventful" });
+    assert.equal(created.status, 201);
+    const { control_token } = await created.json();
+    const events = await (await fetch(`${base}/api/races/eventful/events`)).json();
+    const lap5 = events.events.find((e) => e.kind === "lap" && e.lap === 5).frame;
+
+    const controller = await openPage(`/sessions/eventful?token=${control_token}`);
+    const viewer = await openPage("/sessions/eventful");
+    await controller.locator("#controls").waitFor();
+    const marks = controller.locator("#timeline-marks .mark.safety_car");
+    assert.equal(await marks.count(), 1, "one safety car period marked");
+    const left = parseFloat(await marks.first().evaluate((m) => m.style.left));
+    const sc = events.events.find((e) => e.status === "safety_car").frame;
+    const total = (await (await fetch(`${base}/api/races/eventful`)).json()).total_frames;
+    assert.ok(Math.abs(left - (100 * sc) / (total - 1)) < 0.5, `mark at ${left}%`);
+
+    await controller.locator("#lap-input").fill("5");
+    await controller.locator("#jump-lap").click();
+    await viewer.waitForFunction((f) => Number(document.body.dataset.frame) >= f, lap5);
+    const frame = await viewer.evaluate(() => Number(document.body.dataset.frame));
+    assert.ok(frame < lap5 + 250, `at ${frame}, lap 5 starts at ${lap5}`);
+    assert.match(await viewer.locator("#lap").textContent(), /^Lap 5 \/ 8$/);
+    await controller.close();
+    await viewer.close();
+    assert.equal((await admin("DELETE", "/api/sessions/eventful")).status, 204);
   });
 
   test("says so when the session is deleted", async () => {
