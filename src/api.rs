@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use crate::admission::Admit;
 use crate::broker::{token_hash, Broker};
 use crate::cache::RaceCache;
 use crate::error::ApiError;
@@ -26,7 +27,7 @@ use crate::hub::{
 };
 use crate::metrics::Metrics;
 use crate::outlet::{Outlet, Wire};
-use crate::viewer::{Viewer, ViewerLimits};
+use crate::viewer::{Access, Connection, Viewer, ViewerLimits};
 
 /// What every handler shares: the hub's address and the limits from the config.
 #[derive(Clone)]
@@ -34,6 +35,12 @@ pub struct ApiState {
     pub hub: Addr<Hub>,
     pub admin_token: String,
     pub viewer_limits: ViewerLimits,
+    /// Pages that may open WebSockets.
+    pub origins: crate::admission::OriginPolicy,
+    /// Connection slots per client address.
+    pub admissions: Addr<crate::admission::Admissions>,
+    /// The header carrying the client's address behind a proxy.
+    pub client_ip_header: Option<String>,
     pub max_message_bytes: usize,
     pub max_frames_per_request: u32,
     pub max_upload_bytes: u64,
@@ -120,14 +127,18 @@ async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             .with_label_values(&[cache.backend()])
             .set(i64::from(cache.is_ready()));
     }
+    if let Some(broker) = &state.broker {
+        state.metrics.broker_up.set(i64::from(broker.is_ready()));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
 }
 
-/// Ready when the cache backend and the broker answer (or are not configured) and the hub is
-/// not shutting down: a hub without them still serves, but a load balancer should prefer one
-/// with them.
+/// Ready while the hub can serve its sessions, which it does from files, memory and its local
+/// timelines even when Redis is away: only shutting down makes it unready. An unreachable cache
+/// or broker is reported as `degraded` (and in the `cache_up`/`broker_up` metrics) instead, so
+/// that one Redis outage does not take every replica out of its Service at once.
 async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let cache = state.cache.as_ref().map(|c| {
         json!({
@@ -141,10 +152,21 @@ async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
         .broker
         .as_ref()
         .map(|b| json!({"ready": b.is_ready()}));
-    let ready = !draining
-        && state.cache.as_ref().is_none_or(|c| c.is_ready())
-        && state.broker.as_ref().is_none_or(|b| b.is_ready());
-    let body = json!({"ready": ready, "draining": draining, "cache": cache, "broker": broker});
+    let mut degraded = Vec::new();
+    if state.cache.as_ref().is_some_and(|c| !c.is_ready()) {
+        degraded.push("cache");
+    }
+    if state.broker.as_ref().is_some_and(|b| !b.is_ready()) {
+        degraded.push("broker");
+    }
+    let ready = !draining;
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "degraded": degraded,
+        "cache": cache,
+        "broker": broker,
+    });
     if ready {
         HttpResponse::Ok().json(body)
     } else {
@@ -412,6 +434,36 @@ async fn websocket(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let id = id.into_inner();
+    // A browser says which site's page opens a socket; only allowed pages may (a page elsewhere
+    // could otherwise drive a session with a control URL it learned).
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let info = req.connection_info();
+        if !state.origins.allows(origin, Some(info.host())) {
+            state
+                .metrics
+                .ws_refused
+                .with_label_values(&["origin"])
+                .inc();
+            return Err(ApiError::Forbidden(format!(
+                "pages from {origin:?} may not open this hub's WebSockets (allow them with --allowed-origins)"
+            ))
+            .into());
+        }
+    }
+    let ip = client_ip(&req, state.client_ip_header.as_deref());
+    let ticket = match state.admissions.send(Admit { ip }).await {
+        Ok(Ok(ticket)) => ticket,
+        Ok(Err(full)) => {
+            state
+                .metrics
+                .ws_refused
+                .with_label_values(&["per_ip"])
+                .inc();
+            return Err(ApiError::TooManyRequests(full.to_string()).into());
+        }
+        Err(err) => return Err(ApiError::from(err).into()),
+    };
     let (session, token_sha256) = state
         .hub
         .send(FindSession(id.clone()))
@@ -440,15 +492,34 @@ async fn websocket(
     Viewer::start(
         session,
         state.metrics.clone(),
-        (can_control, query.mode),
+        Access {
+            can_control,
+            token_sha256,
+            mode: query.mode,
+        },
         state.viewer_limits.clone(),
-        stream,
-        wire.clone(),
-        verdict,
+        Connection {
+            stream,
+            wire: wire.clone(),
+            verdict,
+            ticket,
+        },
     );
     Ok(response
         .map_body(|_, body| Outlet::new(wire, body))
         .map_into_boxed_body())
+}
+
+/// The client's address: from `header` behind a proxy (its first address), else the peer's.
+fn client_ip(req: &HttpRequest, header: Option<&str>) -> std::net::IpAddr {
+    let forwarded = header
+        .and_then(|name| req.headers().get(name))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| first.trim().parse().ok());
+    forwarded
+        .or_else(|| req.peer_addr().map(|a| a.ip()))
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 fn require_admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
@@ -463,16 +534,34 @@ fn require_admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Compares secrets in time independent of where they differ and of their lengths: both are
+/// hashed first, and the fixed-size digests compared in full.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter().zip(b.iter()).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Rate limit from the config, which clap keeps at 1 or more.
 pub fn commands_per_second(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole_whatever_their_lengths() {
+        assert!(same_secret("test-admin-token", "test-admin-token"));
+        for other in [
+            "",
+            "t",
+            "test-admin-toke",
+            "test-admin-tokenx",
+            "Test-admin-token",
+        ] {
+            assert!(!same_secret(other, "test-admin-token"), "{other:?}");
+        }
+    }
 }

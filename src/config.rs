@@ -152,6 +152,27 @@ pub struct Config {
     #[arg(long, env = "REPLAY_HUB_LOAD_RETRY_MS", default_value_t = 30_000)]
     pub load_retry_ms: u64,
 
+    /// Pages (by their Origin header) that may open WebSockets, besides the hub's own origin and
+    /// loopback pages: comma-separated `scheme://host[:port]`, or `*` for every origin. Clients
+    /// that send no Origin (not browsers) are not affected. A refused page gets 403.
+    #[arg(long, env = "REPLAY_HUB_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: crate::admission::OriginPolicy,
+
+    /// Most WebSockets one client address may hold open at once (0: no limit); more get 429.
+    #[arg(long, env = "REPLAY_HUB_MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    pub max_connections_per_ip: u32,
+
+    /// Header holding the client's address, when the hub is behind a proxy that sets it (e.g.
+    /// X-Forwarded-For; its first address is taken). Unset: the peer address. Only set this behind
+    /// a proxy that overwrites the header, or clients can claim any address.
+    #[arg(long, env = "REPLAY_HUB_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+
+    /// Control commands one session accepts per second from all its controllers together
+    /// (bursts up to this many); more are answered with `rate_limited`.
+    #[arg(long, env = "REPLAY_HUB_SESSION_COMMANDS_PER_SECOND", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_commands_per_second: u32,
+
     /// Largest WebSocket message a client may send, in bytes; larger closes with 1009.
     #[arg(long, env = "REPLAY_HUB_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,

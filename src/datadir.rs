@@ -82,6 +82,33 @@ pub fn scan_races(dir: &Path) -> Result<Vec<RaceEntry>, ScanError> {
     Ok(races)
 }
 
+/// Removes the staging files (`.{id}.{random}.upload`) of uploads that a crash or a kill cut
+/// short: at start-up no upload is in progress, so every one of them is left over.
+pub fn remove_stale_uploads(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let staged = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.ends_with(".upload"));
+        if staged && path.is_file() {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "could not remove a stale upload")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed staging files of interrupted uploads");
+    }
+    removed
+}
+
 fn is_race_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "race")
 }

@@ -264,6 +264,11 @@ pub fn hello_message(hello: &Hello<'_>) -> ByteString {
     })
 }
 
+/// `{"type":"auth","can_control":..}`: the answer to an accepted `auth` command.
+pub fn auth_message(can_control: bool) -> ByteString {
+    json(&serde_json::json!({"type": "auth", "can_control": can_control}))
+}
+
 /// `{"type":"error","code":..,"message":..}`: the answer to a command that was not carried out.
 pub fn error_message(code: &str, message: &str) -> ByteString {
     #[derive(Serialize)]

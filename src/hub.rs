@@ -57,7 +57,8 @@ pub enum HubError {
     },
 }
 
-/// How much memory loaded races may take, and how long a failed load is remembered.
+/// How much memory loaded races may take, how long a failed load is remembered, and how many
+/// commands a session takes.
 #[derive(Debug, Clone, Copy)]
 pub struct RaceLimits {
     /// Bytes of encoded races kept in memory; races no session plays are dropped (least
@@ -66,6 +67,8 @@ pub struct RaceLimits {
     /// A race that failed to load answers with the same error for this long before it is tried
     /// again, so a broken file is not re-read on every request.
     pub load_retry: Duration,
+    /// Control commands each session takes per second, from all its controllers together.
+    pub session_commands_per_second: std::num::NonZeroU32,
 }
 
 impl Default for RaceLimits {
@@ -73,6 +76,8 @@ impl Default for RaceLimits {
         Self {
             memory_budget: 1 << 30,
             load_retry: Duration::from_secs(30),
+            session_commands_per_second: std::num::NonZeroU32::new(30)
+                .unwrap_or(std::num::NonZeroU32::MIN),
         }
     }
 }
@@ -536,7 +541,8 @@ impl Hub {
             self.max_viewers_per_session,
             self.lookahead_window,
             self.metrics.clone(),
-        );
+        )
+        .with_command_rate(self.limits.session_commands_per_second);
         let mut record = None;
         if let Some(broker) = &self.broker {
             let sync = SessionSync {

@@ -4,6 +4,7 @@
 //! `main`, the integration tests and the benches all start the real server through it.
 //! `docs/ARCHITECTURE.md` traces a frame from race file to viewer socket.
 
+pub mod admission;
 pub mod api;
 pub mod broker;
 pub mod cache;
@@ -101,6 +102,7 @@ impl App {
             config.cache.cache_compression,
         );
         let mut races = scan_races(&config.data_dir)?;
+        datadir::remove_stale_uploads(&config.data_dir);
         let cached = match &cache {
             Some(cache) => cached_race_ids(cache).await,
             None => Vec::new(),
@@ -140,6 +142,9 @@ impl App {
             .with_limits(hub::RaceLimits {
                 memory_budget: config.race_memory_budget,
                 load_retry: Duration::from_millis(config.load_retry_ms),
+                session_commands_per_second: api::commands_per_second(
+                    config.session_commands_per_second,
+                ),
             })
             .with_store(store.clone())
         });
@@ -176,6 +181,9 @@ impl App {
                 stall_timeout: config.stall_timeout(),
                 commands_per_second: api::commands_per_second(config.commands_per_second),
             },
+            origins: config.allowed_origins.clone(),
+            admissions: admission::Admissions::new(config.max_connections_per_ip).start(),
+            client_ip_header: config.client_ip_header.clone(),
             max_message_bytes: config.max_message_bytes,
             max_frames_per_request: config.max_frames_per_request,
             max_upload_bytes: config.max_upload_bytes,
@@ -199,7 +207,8 @@ impl App {
         // Each frame is one small write that should leave at once, not wait on an ACK (Nagle).
         .tcp_nodelay(true)
         .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000));
+        // actix counts whole seconds; `run_until` enforces the exact timeout, this is a backstop.
+        .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000) + 1);
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
@@ -268,14 +277,30 @@ impl App {
         let hub = self.hub.clone();
         let timeout = self.shutdown_timeout;
         let draining = self.draining.clone();
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<()>();
         // The server future itself processes stop commands, so it is awaited throughout.
         actix_web::rt::spawn(async move {
             stop.await;
             tracing::info!("shutting down: not ready, closing viewers");
+            let deadline = tokio::time::Instant::now() + timeout;
             draining.store(true, Ordering::Relaxed);
-            graceful_stop(&hub, &handle, timeout).await;
+            actix_web::rt::spawn(async move { graceful_stop(&hub, &handle, timeout).await });
+            tokio::time::sleep_until(deadline).await;
+            let _ = deadline_tx.send(());
         });
-        self.server.await
+        // actix-web's own shutdown timeout counts whole seconds: the deadline here is exact.
+        let cut_off = async {
+            if deadline_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = self.server => served,
+            () = cut_off => {
+                tracing::warn!(timeout_ms = timeout.as_millis() as u64, "shutdown timeout reached: cutting the connections left");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -227,13 +227,17 @@ pub enum Command {
     Speed(f64),
 }
 
-/// A client's text message: a control command, or a time request any viewer may send.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A client's text message: a control command, a time request any viewer may send, or the
+/// control token presented after connecting (so it need not be in the URL).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Control(Command),
     /// Asks for the server clock; `t0` is the client's own clock, echoed back.
     Time {
         t0: f64,
+    },
+    Auth {
+        token: String,
     },
 }
 
@@ -252,6 +256,17 @@ impl Request {
             .get("cmd")
             .and_then(|c| c.as_str())
             .ok_or_else(|| CommandError::new("bad_command", "missing string field \"cmd\""))?;
+        if name == "auth" {
+            let token = object
+                .get("token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| {
+                    CommandError::new("bad_argument", "auth needs a string \"token\"")
+                })?;
+            return Ok(Self::Auth {
+                token: token.to_owned(),
+            });
+        }
         if name == "time" {
             let t0 = number(object, "t0")?
                 .filter(|t| t.is_finite())
@@ -266,6 +281,7 @@ impl Request {
         match self {
             Self::Control(command) => command.kind(),
             Self::Time { .. } => "time",
+            Self::Auth { .. } => "auth",
         }
     }
 }
@@ -295,7 +311,9 @@ impl Command {
             }
             other => Err(CommandError::new(
                 "unknown_command",
-                format!("unknown command {other:?}; expected play, pause, seek, speed or time"),
+                format!(
+                    "unknown command {other:?}; expected play, pause, seek, speed, time or auth"
+                ),
             )),
         }
     }
@@ -483,9 +501,10 @@ pub struct Leave {
     pub viewer: u64,
 }
 
-/// A controller's command, already parsed and permission-checked by the viewer.
+/// A controller's command, already parsed and permission-checked by the viewer; refused when
+/// the session's own command rate is exceeded.
 #[derive(Message)]
-#[rtype(result = "PlayState")]
+#[rtype(result = "Result<PlayState, CommandError>")]
 pub struct Control(pub Command);
 
 /// Ask for the session's public description.
@@ -575,6 +594,8 @@ pub struct Session {
     next_tick: Instant,
     ticker: Option<SpawnHandle>,
     on_failure: Option<Recipient<SessionFailed>>,
+    /// Commands per second from all controllers together.
+    command_rate: Option<governor::DefaultDirectRateLimiter>,
     /// Makes the next tick fail, to test how a failing session ends.
     #[cfg(test)]
     poisoned: bool,
@@ -611,6 +632,7 @@ impl Session {
             next_tick: now + TICK,
             ticker: None,
             on_failure: None,
+            command_rate: None,
             #[cfg(test)]
             poisoned: false,
         }
@@ -979,12 +1001,20 @@ impl Handler<Leave> for Session {
 }
 
 impl Handler<Control> for Session {
-    type Result = MessageResult<Control>;
+    type Result = Result<PlayState, CommandError>;
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(limiter) = &self.command_rate {
+            if limiter.check().is_err() {
+                return Err(CommandError::new(
+                    "rate_limited",
+                    "this session takes no more commands per second from all its controllers; slow down",
+                ));
+            }
+        }
         let state = self.control(msg.0);
         self.rephase(ctx);
         self.publish(ctx);
-        MessageResult(state)
+        Ok(state)
     }
 }
 
@@ -1043,6 +1073,15 @@ impl Session {
             .session_viewers
             .remove_label_values(&[&*self.id]);
         ctx.stop();
+    }
+
+    /// Accepts at most `per_second` control commands per second (bursts up to as many), from
+    /// all of its controllers together.
+    pub fn with_command_rate(mut self, per_second: std::num::NonZeroU32) -> Self {
+        self.command_rate = Some(governor::RateLimiter::direct(governor::Quota::per_second(
+            per_second,
+        )));
+        self
     }
 
     /// Who to tell if this session fails (the hub, to release its id).

@@ -18,8 +18,10 @@ use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 
+use crate::admission::Ticket;
 use crate::encode::{
-    error_message, hello_message, time_message, ws_message, ws_text, EncodedRace, Hello,
+    auth_message, error_message, hello_message, time_message, ws_message, ws_text, EncodedRace,
+    Hello,
 };
 use crate::feed::{Feed, Mode};
 use crate::frame_guard::Verdict;
@@ -48,14 +50,35 @@ pub struct ViewerLimits {
     pub commands_per_second: NonZeroU32,
 }
 
+/// What a connection may do: control (from `?token=`, or later an `auth` message checked
+/// against the token's hash) and its delivery mode.
+pub struct Access {
+    pub can_control: bool,
+    pub token_sha256: String,
+    pub mode: Mode,
+}
+
+/// The upgraded connection a viewer drives: the client's messages, the socket writer's end of
+/// the wire, what the frame guard refused, and the connection slot its address holds.
+pub struct Connection {
+    pub stream: AggregatedMessageStream,
+    pub wire: Rc<Wire>,
+    pub verdict: Verdict,
+    pub ticket: Ticket,
+}
+
 pub struct Viewer {
     session: Addr<Session>,
     metrics: Arc<Metrics>,
     /// Why this viewer ends, for the disconnect metric; a client that just goes is the default.
     gone: Disconnect,
     can_control: bool,
+    /// The session's control-token hash, for a token presented with `auth`.
+    token_sha256: String,
     mode: Mode,
     limits: ViewerLimits,
+    /// Given back (to the per-address count) when the viewer goes.
+    _ticket: Ticket,
     stream: Option<AggregatedMessageStream>,
     /// To the socket writer; messages on it are bounded by [`MAX_OUTBOX`].
     wire: Rc<Wire>,
@@ -88,22 +111,28 @@ impl Viewer {
     pub fn start(
         session: Addr<Session>,
         metrics: Arc<Metrics>,
-        (can_control, mode): (bool, Mode),
+        access: Access,
         limits: ViewerLimits,
-        stream: AggregatedMessageStream,
-        wire: Rc<Wire>,
-        verdict: Verdict,
+        connection: Connection,
     ) -> Addr<Self> {
         let limiter = RateLimiter::direct(Quota::per_second(limits.commands_per_second));
+        let Connection {
+            stream,
+            wire,
+            verdict,
+            ticket,
+        } = connection;
         Viewer {
             session,
             metrics,
             gone: Disconnect::Client,
-            can_control,
-            mode,
+            can_control: access.can_control,
+            token_sha256: access.token_sha256,
+            mode: access.mode,
             limits,
             stream: Some(stream),
             wire,
+            _ticket: ticket,
             closing: false,
             joined: None,
             queued: 0,
@@ -245,6 +274,21 @@ impl Viewer {
                 self.queue(ws_text(time_message(t0, server_ms)), ctx);
                 return;
             }
+            Ok(Request::Auth { token }) => {
+                let matches =
+                    crate::api::same_secret(&crate::broker::token_hash(&token), &self.token_sha256);
+                if matches {
+                    self.can_control = true;
+                    self.count_command("auth", "ok");
+                    self.queue(ws_text(auth_message(true)), ctx);
+                } else {
+                    self.count_command("auth", "forbidden");
+                    let reply =
+                        error_message("forbidden", "that is not this session's control token");
+                    self.queue(ws_text(reply), ctx);
+                }
+                return;
+            }
             Ok(Request::Control(command)) => command,
             Err(err) => {
                 self.count_command("invalid", err.code);
@@ -256,20 +300,24 @@ impl Viewer {
             self.count_command(command.kind(), "forbidden");
             let reply = error_message(
                 "forbidden",
-                "this connection has no control token; connect with ?token=<control token>",
+                "this connection has no control token; send {\"cmd\":\"auth\",\"token\":..} or connect with ?token=<control token>",
             );
             self.queue(ws_text(reply), ctx);
             return;
         }
-        self.count_command(command.kind(), "ok");
         // The new state reaches every viewer, this one included, through the session's broadcast.
         // If the session is ending, its `Ended` message closes this viewer with the reason.
-        ctx.spawn(
-            self.session
-                .send(Control(command))
-                .into_actor(self)
-                .map(|_, _, _| ()),
-        );
+        let kind = command.kind();
+        ctx.spawn(self.session.send(Control(command)).into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(Ok(_)) => act.count_command(kind, "ok"),
+                Ok(Err(refused)) => {
+                    act.count_command(kind, refused.code);
+                    act.queue(ws_text(error_message(refused.code, &refused.message)), ctx);
+                }
+                Err(_) => {}
+            },
+        ));
     }
 
     fn client_message(&mut self, message: AggregatedMessage, ctx: &mut Context<Self>) {

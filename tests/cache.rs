@@ -122,7 +122,7 @@ async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
     let prefix = Prefix::new("restart");
     let with_redis = redis_cache(REDIS_URL, &prefix.0);
     let first = TestHub::start_with(with_redis.clone());
-    let original = first_frame(&first.ws_url("demo", None)).await;
+    first_frame(&first.ws_url("demo", None)).await;
     written_back(REDIS_URL, &prefix.0, "test-race").await;
     first.shutdown().unwrap();
 
@@ -133,12 +133,9 @@ async fn a_restarted_hub_serves_a_race_from_redis_with_the_file_gone() {
     let races: Vec<RaceSummary> = second.get("/api/races").await.json().await.unwrap();
     assert_eq!(races.len(), 1, "no demo race generated: the cache has one");
     assert_eq!(races[0].id, "test-race");
-    // The demo session plays the cached race, from the same bytes.
+    // The demo session plays the cached race, from the same bytes. (Which frame comes first
+    // depends on how long each hub took to start: the bytes of that frame are what must agree.)
     let served = first_frame(&second.ws_url("demo", None)).await;
-    assert_eq!(
-        replay_hub::encode::frame_index(&served),
-        replay_hub::encode::frame_index(&original)
-    );
     let cached = encoded_test_race();
     let index = replay_hub::encode::frame_index(&served).unwrap();
     assert_eq!(&served[..], &cached.frame(index).unwrap()[..]);
@@ -225,19 +222,18 @@ async fn redis_down_at_start_then_back() {
     });
     // Serving from the race file without the cache.
     first_frame(&hub.ws_url("demo", None)).await;
+    // It serves, so it is ready; the missing cache is reported as degraded.
     let (status, body) = readyz(&hub).await;
-    assert_eq!(status, 503);
-    assert_eq!(body["ready"], false);
+    assert_eq!(status, 200);
+    assert_eq!(body["ready"], true);
     assert_eq!(body["cache"]["ready"], false);
-    assert_eq!(
-        hub.get("/healthz").await.status(),
-        200,
-        "alive, just not ready"
-    );
+    assert_eq!(body["degraded"], json!(["cache"]));
 
     let _redis = PrivateRedis::start_on(port);
-    eventually("ready once Redis is back", || async {
-        (readyz(&hub).await.0 == 200).then_some(())
+    eventually("the cache back once Redis is", || async {
+        let (status, body) = readyz(&hub).await;
+        (status == 200 && body["cache"]["ready"] == true && body["degraded"] == json!([]))
+            .then_some(())
     })
     .await;
 }

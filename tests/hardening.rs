@@ -233,7 +233,7 @@ async fn redis_values_longer_than_they_may_be_are_refused_unread() {
     let content = file_content_id(race_file()).unwrap();
     cache.store(&race, &content).await.unwrap();
     let mut conn = redis_conn(REDIS_URL);
-    let base = format!("{}:v1:race:test-race", prefix.0);
+    let base = format!("{}:{}:race:test-race", prefix.0, replay_hub::cache::SCHEMA);
     // A first chunk of 64 MiB: far more than 1,000 frames of this race can compress to.
     let _: () = redis::cmd("SET")
         .arg(format!("{base}:{content}:chunk:0"))
@@ -429,4 +429,199 @@ async fn a_race_that_fails_to_load_is_not_read_again_on_every_request() {
     )
     .await;
     assert_eq!(misses, 2.0, "the demo's race and one try of the broken one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_files_of_interrupted_uploads_are_removed_at_start() {
+    let hub = TestHub::start_with(|c| {
+        std::fs::write(c.data_dir.join(".gp57.3f2a91bc.upload"), b"half an upload").unwrap();
+        std::fs::write(c.data_dir.join("notes.upload.txt"), b"not ours").unwrap();
+    });
+    assert!(!hub.dir.path().join(".gp57.3f2a91bc.upload").exists());
+    assert!(
+        hub.dir.path().join("notes.upload.txt").exists(),
+        "only staging files go"
+    );
+    assert!(hub.dir.path().join("test-race.race").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_a_lost_redis_as_degraded_without_going_unready() {
+    let mut redis = PrivateRedis::start();
+    let prefix = Prefix::new("ready-degraded");
+    let url = redis.url();
+    let hub = TestHub::start_with(|c| {
+        redis_cache(&url, &prefix.0)(c);
+        c.broker = Some(url.clone());
+    });
+    let ready = || async {
+        let response = hub.get("/readyz").await;
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    eventually("cache and broker up", || async {
+        let (status, body) = ready().await;
+        (status == 200 && body["degraded"] == serde_json::json!([])).then_some(())
+    })
+    .await;
+    redis.kill();
+    let body = eventually("both reported degraded", || async {
+        let (status, body) = ready().await;
+        assert_eq!(status, 200, "still ready: {body}");
+        (body["degraded"] == serde_json::json!(["cache", "broker"])).then_some(body)
+    })
+    .await;
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["cache"]["ready"], false);
+    assert_eq!(body["broker"]["ready"], false);
+    let text = hub.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("replay_hub_cache_up{backend=\"redis\"} 0"),
+        "cache_up"
+    );
+    assert!(text.contains("replay_hub_broker_up 0"), "broker_up");
+    // It still serves: the demo plays from memory.
+    let mut viewer = Viewer::connect(&hub.ws_url("demo", None)).await;
+    viewer.next_frame().await;
+}
+
+/// A WebSocket handshake from a page of `origin`: the status, and the stream if it upgraded.
+async fn connect_from(url: &str, origin: Option<&str>) -> Result<Viewer, (u16, serde_json::Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => {
+            let mut viewer = Viewer {
+                ws,
+                hello: serde_json::Value::Null,
+            };
+            viewer.hello = viewer.next_json().await;
+            Ok(viewer)
+        }
+        Err(Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().clone().unwrap_or_default();
+            Err((status, serde_json::from_slice(&body).unwrap()))
+        }
+        Err(other) => panic!("handshake failed: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_pages_may_open_websockets() {
+    let hub = TestHub::start_with(|c| {
+        c.allowed_origins = "https://watch.example.com".parse().unwrap();
+    });
+    let url = hub.ws_url("demo", hub.demo_token.as_deref());
+    let (status, body) = connect_from(&url, Some("https://evil.example"))
+        .await
+        .err()
+        .expect("a foreign page is refused");
+    assert_eq!(status, 403);
+    assert_eq!(body["error"], "forbidden");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("--allowed-origins"));
+    let own = format!("http://{}", hub.addr);
+    for allowed in [
+        None,
+        Some(own.as_str()),
+        Some("http://localhost:5173"),
+        Some("https://watch.example.com"),
+    ] {
+        let viewer = connect_from(&url, allowed).await;
+        assert!(viewer.is_ok(), "{allowed:?}");
+    }
+    let refused = metric(&hub, "replay_hub_ws_refused_total{reason=\"origin\"}").await;
+    assert_eq!(refused, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_token_can_be_presented_after_connecting() {
+    let hub = TestHub::start();
+    let token = hub.demo_token.clone().unwrap();
+    let mut viewer = Viewer::connect(&hub.ws_url("demo", None)).await;
+    assert_eq!(viewer.hello["can_control"], false);
+    viewer.send_json(serde_json::json!({"cmd": "pause"})).await;
+    assert_eq!(viewer.next_of_type("error").await["code"], "forbidden");
+    viewer
+        .send_json(serde_json::json!({"cmd": "auth", "token": "not-the-token"}))
+        .await;
+    assert_eq!(viewer.next_of_type("error").await["code"], "forbidden");
+    viewer
+        .send_json(serde_json::json!({"cmd": "auth", "token": token}))
+        .await;
+    let auth = viewer.next_of_type("auth").await;
+    assert_eq!(auth["can_control"], true);
+    viewer.send_json(serde_json::json!({"cmd": "pause"})).await;
+    let state = viewer.next_of_type("state").await;
+    assert_eq!(state["playing"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_slot() {
+    let hub = TestHub::start_with(|c| c.max_connections_per_ip = 3);
+    let url = hub.ws_url("demo", None);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Viewer::connect(&url).await);
+    }
+    let (status, body) = connect_from(&url, None)
+        .await
+        .err()
+        .expect("a fourth is refused");
+    assert_eq!(status, 429);
+    assert_eq!(body["error"], "too_many_requests");
+    assert!(body["message"].as_str().unwrap().contains("3 connections"));
+    // A slot comes back when its connection goes.
+    drop(open.pop());
+    let again = eventually("a slot given back", || async {
+        connect_from(&url, None).await.ok()
+    })
+    .await;
+    drop(again);
+    let refused = metric(&hub, "replay_hub_ws_refused_total{reason=\"per_ip\"}").await;
+    assert!(refused >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_takes_a_bounded_command_rate_from_all_its_controllers() {
+    let hub = TestHub::start_with(|c| c.session_commands_per_second = 5);
+    let token = hub.demo_token.clone().unwrap();
+    let url = hub.ws_url("demo", Some(&token));
+    let (mut a, mut b) = (Viewer::connect(&url).await, Viewer::connect(&url).await);
+    // 20 seeks from two controllers at once: each is within its own connection's limit (20/s).
+    for n in 0..10 {
+        a.send_json(serde_json::json!({"cmd": "seek", "frame": 100 + n}))
+            .await;
+        b.send_json(serde_json::json!({"cmd": "seek", "frame": 200 + n}))
+            .await;
+    }
+    let refused = eventually("refusals counted", || async {
+        let text = hub.get("/metrics").await.text().await.unwrap();
+        let count = |result: &str| -> f64 {
+            let prefix =
+                format!("replay_hub_session_commands_total{{kind=\"seek\",result=\"{result}\"}}");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (ok, limited) = (count("ok"), count("rate_limited"));
+        (ok + limited == 20.0).then_some((ok, limited))
+    })
+    .await;
+    let (ok, limited) = refused;
+    assert!(ok >= 5.0 && ok < 20.0, "{ok} accepted, {limited} refused");
+    // Refusals are answered: after its first few, `a`'s seeks met the session's limit.
+    let error = a.next_of_type("error").await;
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    drop(b);
 }

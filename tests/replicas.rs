@@ -234,7 +234,10 @@ async fn playback_survives_a_redis_restart_and_resyncs() {
 
     redis.kill();
     eventually("B notices Redis is gone", || async {
-        (b.get("/readyz").await.status() == 503).then_some(())
+        let response = b.get("/readyz").await;
+        assert_eq!(response.status(), 200, "B stays ready: it serves");
+        let body: serde_json::Value = response.json().await.unwrap();
+        (body["degraded"] == json!(["cache", "broker"])).then_some(())
     })
     .await;
     // Both replicas play on from their local timelines.
@@ -245,8 +248,9 @@ async fn playback_survives_a_redis_restart_and_resyncs() {
 
     redis.restart();
     for hub in [&a, &b] {
-        eventually("ready again", || async {
-            (hub.get("/readyz").await.status() == 200).then_some(())
+        eventually("no longer degraded", || async {
+            let body: serde_json::Value = hub.get("/readyz").await.json().await.unwrap();
+            (body["degraded"] == json!([])).then_some(())
         })
         .await;
     }
