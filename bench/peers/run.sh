@@ -70,7 +70,8 @@ listening() { # pid log
 # Starts a hub on a free port; sets HUB_PID and HUB_ADDR (host:port). The first start generates
 # the demo race into the data directory; later ones load it.
 start_hub() { # log name
-  "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none \
+  # Every viewer comes from 127.0.0.1 here: lift the per-address connection limit.
+  "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none --max-connections-per-ip 0 \
     >"$WORK/hub.out" 2>"$OUT/logs/$1-hub.log" &
   HUB_PID=$!
   PIDS+=("$HUB_PID")
