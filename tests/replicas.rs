@@ -126,7 +126,7 @@ async fn a_timeline_adopted_at_the_same_epoch_reaches_viewers_as_a_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seek_on_one_replica_shows_on_the_other_within_100_ms() {
+async fn a_seek_on_one_replica_shows_on_the_other() {
     let prefix = Prefix::new("replicas-seek");
     let a = TestHub::start_with(replica(REDIS_URL, &prefix.0));
     let b = TestHub::start_with(replica(REDIS_URL, &prefix.0));
@@ -137,24 +137,17 @@ async fn a_seek_on_one_replica_shows_on_the_other_within_100_ms() {
     let remote_controller = Viewer::connect(&b.ws_url("seek", Some(token))).await;
     assert_eq!(remote_controller.hello["can_control"], true);
     let mut watcher = Viewer::connect(&b.ws_url("seek", None)).await;
-    let mut latencies = Vec::new();
+    // How fast is for BENCHMARKS.md ("Replicas: a seek on one hub, seen on another"); here,
+    // that each seek arrives, anchored where it was asked (`frame` is the frame current when B
+    // adopted it, a little later while playing).
     for (n, target) in [400u32, 2000, 900, 3100, 150].into_iter().enumerate() {
-        let sent = Instant::now();
         controller
             .send_json(json!({"cmd": "seek", "frame": target}))
             .await;
         let state = watcher.next_of_type("state").await;
-        latencies.push(sent.elapsed());
-        assert_eq!(state["frame"], target, "seek {n} reached B");
+        assert_eq!(state["anchor_frame"], target, "seek {n} reached B");
         assert!(watcher.next_frame().await.i >= target);
     }
-    latencies.sort();
-    eprintln!("seek A -> state on B: {latencies:?}");
-    let median = latencies[latencies.len() / 2];
-    assert!(
-        median < Duration::from_millis(100),
-        "median {median:?} of {latencies:?}"
-    );
     // A command on B reaches A the same way.
     let mut from_b = remote_controller;
     from_b.send_json(json!({"cmd": "pause"})).await;
