@@ -188,7 +188,9 @@ def export(session, path, race_id, name=None):
         dist = np.where(lap_idx >= 0, (lap_no - 1 + frac) * length, frac * length)
         rel = np.where(lap_idx >= 0, frac, 0.0)
         official = step(ts, ends, mine["Position"].fillna(99).to_numpy(float), 99.0)
-        tyre = step(ts, starts[good], [TYRES.get(str(c).upper(), -1) for c in mine["Compound"][good]], -1)
+        compounds = [TYRES.get(str(c).upper(), -1) for c in mine["Compound"][good]]
+        # On the grid, the tyre of lap 1.
+        tyre = step(ts, starts[good], compounds, compounds[0] if compounds else -1)
         # Pit lane: from PitInTime (end of lap n) to PitOutTime (start of lap n + 1).
         pit_in = seconds(mine["PitInTime"])
         pit_out = seconds(mine["PitOutTime"])
