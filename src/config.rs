@@ -331,11 +331,16 @@ pub struct GenerateArgs {
     pub quiet: bool,
 }
 
-/// Arguments of `replay-hub import`.
+/// Arguments of `replay-hub import`: a race file, or a source to import from.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ImportArgs {
+    #[command(subcommand)]
+    pub source: Option<ImportSource>,
+
     /// The race file to import.
-    pub file: PathBuf,
+    #[arg(required = true)]
+    pub file: Option<PathBuf>,
 
     /// Data directory whose cache is the default.
     #[arg(long, env = "REPLAY_HUB_DATA_DIR", default_value = "data")]
@@ -347,6 +352,13 @@ pub struct ImportArgs {
     /// Longest wait for the cache to answer before giving up, in ms.
     #[arg(long, env = "REPLAY_HUB_IMPORT_WAIT_MS", default_value_t = 5_000)]
     pub wait_ms: u64,
+}
+
+/// Where `replay-hub import` can fetch a race from instead of a file.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImportSource {
+    /// Download a session from the OpenF1 API and write it as a race file (docs/IMPORTING.md).
+    Openf1(crate::import::openf1::Openf1Args),
 }
 
 /// Arguments of `replay-hub loadtest`.

@@ -15,6 +15,7 @@ pub mod error;
 pub mod feed;
 pub mod frame_guard;
 pub mod hub;
+pub mod import;
 pub mod loadtest;
 pub mod metrics;
 pub mod outlet;
@@ -506,7 +507,7 @@ pub async fn import_race_file(args: &config::ImportArgs) -> Result<String, Strin
         args.cache.cache_compression,
     )
     .ok_or("--cache none: there is no cache to import into")?;
-    let path = args.file.clone();
+    let path = args.file.clone().ok_or("no race file given")?;
     let started = std::time::Instant::now();
     let content = cache::file_content_id(&path)?;
     let race = tokio::task::spawn_blocking(move || hub::load_race_file(&path))

@@ -62,6 +62,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import(args) => {
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            if let Some(replay_hub::config::ImportSource::Openf1(openf1)) = args.source {
+                let summary = runtime.block_on(replay_hub::import::openf1::run_cli(openf1))?;
+                print!("{summary}");
+                return Ok(());
+            }
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             let summary = runtime
                 .block_on(replay_hub::import_race_file(&args))
                 .map_err(anyhow::Error::msg)?;

@@ -619,7 +619,10 @@ async fn a_session_takes_a_bounded_command_rate_from_all_its_controllers() {
     })
     .await;
     let (ok, limited) = refused;
-    assert!((5.0..20.0).contains(&ok), "{ok} accepted, {limited} refused");
+    assert!(
+        (5.0..20.0).contains(&ok),
+        "{ok} accepted, {limited} refused"
+    );
     // Refusals are answered: after its first few, `a`'s seeks met the session's limit.
     let error = a.next_of_type("error").await;
     assert_eq!(error["code"], "rate_limited", "{error}");
