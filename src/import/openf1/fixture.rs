@@ -254,7 +254,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
             if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(b);
                 i += 3;
@@ -423,14 +423,6 @@ impl Generator {
                     }
                 } else if let Some(entry) = pit_entry[i].take() {
                     run.pit = Some((entry, t, pit_lap[i].unwrap_or(1)));
-                    pit_entry[i] = None;
-                    // Mark as done so it is not re-entered.
-                    if let Some(p) = run.pit {
-                        let _ = p;
-                    }
-                }
-                if run.pit.is_some() && pitting {
-                    // Already recorded: keep the offset until out of the lane.
                 }
                 if retire && i == RETIRING_CAR && progress[i] >= retire_progress {
                     offset = 14.0;
@@ -613,7 +605,7 @@ impl Generator {
                     continue;
                 }
                 let (s, off, _) = at(run, t);
-                let (x, y, z) = if spec.incidents && i == GAP_CAR && k % 97 == 0 {
+                let (x, y, z) = if spec.incidents && i == GAP_CAR && k.is_multiple_of(97) {
                     (0, 0, 0)
                 } else {
                     to_api(self.point(s, off), 150.0 + 30.0 * (TAU * s / l).sin())
