@@ -423,14 +423,6 @@ impl Generator {
                     }
                 } else if let Some(entry) = pit_entry[i].take() {
                     run.pit = Some((entry, t, pit_lap[i].unwrap_or(1)));
-                    pit_entry[i] = None;
-                    // Mark as done so it is not re-entered.
-                    if let Some(p) = run.pit {
-                        let _ = p;
-                    }
-                }
-                if run.pit.is_some() && pitting {
-                    // Already recorded: keep the offset until out of the lane.
                 }
                 if retire && i == RETIRING_CAR && progress[i] >= retire_progress {
                     offset = 14.0;
