@@ -58,6 +58,9 @@ pub enum HubError {
 }
 
 /// How much memory loaded races may take, and how long a failed load is remembered.
+/// How long a looping session waits at the finish by default.
+pub const DEFAULT_LOOP_PAUSE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy)]
 pub struct RaceLimits {
     /// Bytes of encoded races kept in memory; races no session plays are dropped (least
@@ -287,6 +290,8 @@ pub struct Hub {
     me: Option<Addr<Hub>>,
     /// Without a broker: where sessions are kept for a restart.
     store: Option<SessionStore>,
+    /// How long a looping session waits at the finish before it plays again.
+    loop_pause: Duration,
 }
 
 impl Hub {
@@ -305,6 +310,7 @@ impl Hub {
             broker: None,
             me: None,
             store: None,
+            loop_pause: DEFAULT_LOOP_PAUSE,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -316,6 +322,12 @@ impl Hub {
             max_sessions,
             max_viewers_per_session,
         }
+    }
+
+    /// How long looping sessions wait at the finish before they play again.
+    pub fn with_loop_pause(mut self, pause: Duration) -> Self {
+        self.loop_pause = pause;
+        self
     }
 
     /// Bounds the memory races take and how often a broken race is retried.
@@ -511,8 +523,11 @@ impl Hub {
         id: Option<String>,
         race: Arc<EncodedRace>,
         autoplay: bool,
+        looping: bool,
         joined: Option<SessionRecord>,
     ) -> Result<(Created, Option<SessionRecord>), HubError> {
+        // A copy of a session created elsewhere loops as its creator said.
+        let looping = joined.as_ref().map_or(looping, |r| r.looping);
         // Checked again: another create may have taken the id or the last slot during the load.
         self.check_new_session(id.as_deref())?;
         let id = id.unwrap_or_else(|| loop {
@@ -537,12 +552,16 @@ impl Hub {
             self.lookahead_window,
             self.metrics.clone(),
         );
+        if looping {
+            session = session.looping(self.loop_pause);
+        }
         let mut record = None;
         if let Some(broker) = &self.broker {
             let sync = SessionSync {
                 broker: broker.clone(),
                 race: race.id().to_owned(),
                 token_sha256: token_sha256.clone(),
+                looping,
             };
             session = session.with_sync(sync, joined.as_ref().map(|r| r.timeline));
             if joined.is_none() {
@@ -550,6 +569,7 @@ impl Hub {
                     race: race.id().to_owned(),
                     token_sha256: token_sha256.clone(),
                     timeline: session.shared(),
+                    looping,
                 });
             }
         }
@@ -561,6 +581,7 @@ impl Hub {
                 store: store.clone(),
                 race: race.id().to_owned(),
                 token_sha256: token_sha256.clone(),
+                looping,
             };
             session = session.with_local_store(local, joined.as_ref().map(|r| r.timeline));
         }
@@ -609,7 +630,7 @@ impl Hub {
                     }
                     let race = loaded.ok()?.ok()?;
                     let playing = record.timeline.playing;
-                    match act.start_session(Some(id.clone()), race, playing, Some(record)) {
+                    match act.start_session(Some(id.clone()), race, playing, false, Some(record)) {
                         Ok(_) => act.sessions.get(&id).map(|e| e.addr.clone()),
                         Err(err) => {
                             tracing::warn!(session = %id, %err, "could not join a shared session");
@@ -742,6 +763,8 @@ pub struct CreateSession {
     pub race: String,
     pub id: Option<String>,
     pub autoplay: bool,
+    /// Play again from the start a little after the finish (see [`Hub::with_loop_pause`]).
+    pub looping: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -783,7 +806,7 @@ impl Handler<CreateSession> for Hub {
                 rx.into_actor(act).then(move |loaded, act, _| {
                     let started = loaded
                         .unwrap_or_else(|_| Err(aborted(&msg.race)))
-                        .and_then(|race| act.start_session(msg.id, race, msg.autoplay, None));
+                        .and_then(|race| act.start_session(msg.id, race, msg.autoplay, msg.looping, None));
                     let broker = act.broker.clone();
                     async move {
                         let (created, record) = started?;
@@ -941,6 +964,7 @@ fn remote_info(id: String, record: &SessionRecord) -> SessionInfo {
         viewers: 0,
         state: timeline.state(std::time::Instant::now()),
         stats: StatsSnapshot::default(),
+        looping: record.looping,
     }
 }
 
@@ -1101,7 +1125,7 @@ impl Handler<ResumeSession> for Hub {
                     Err(err) => return Err(err),
                 };
                 let playing = record.timeline.playing;
-                act.start_session(Some(id), race, playing, Some(record))
+                act.start_session(Some(id), race, playing, false, Some(record))
                     .map(|_| ())
             })
         }))

@@ -500,6 +500,9 @@ pub struct SessionInfo {
     pub viewers: usize,
     pub state: PlayState,
     pub stats: StatsSnapshot,
+    /// Plays again from the start after the finish.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
 }
 
 /// The encoded race this session plays (shared with every other session of the same race).
@@ -548,6 +551,7 @@ pub struct SessionSync {
     pub broker: Arc<Broker>,
     pub race: String,
     pub token_sha256: String,
+    pub looping: bool,
 }
 
 pub struct Session {
@@ -575,6 +579,10 @@ pub struct Session {
     next_tick: Instant,
     ticker: Option<SpawnHandle>,
     on_failure: Option<Recipient<SessionFailed>>,
+    /// A looping session plays again from the start this long after it reaches the finish.
+    loop_pause: Option<Duration>,
+    /// When playback last stopped at the finish by itself (not by a command).
+    finished_at: Option<Instant>,
     /// Makes the next tick fail, to test how a failing session ends.
     #[cfg(test)]
     poisoned: bool,
@@ -611,9 +619,18 @@ impl Session {
             next_tick: now + TICK,
             ticker: None,
             on_failure: None,
+            loop_pause: None,
+            finished_at: None,
             #[cfg(test)]
             poisoned: false,
         }
+    }
+
+    /// Makes the session start again from the beginning `pause` after it reaches the finish,
+    /// so a hub left running always shows a race.
+    pub fn looping(mut self, pause: Duration) -> Self {
+        self.loop_pause = Some(pause);
+        self
     }
 
     /// Shares this session's timeline with other replicas: `joined` is the timeline it takes
@@ -665,6 +682,7 @@ impl Session {
             race: sync.race.clone(),
             token_sha256: sync.token_sha256.clone(),
             timeline: self.timeline.shared(),
+            looping: self.loop_pause.is_some(),
         }
     }
 
@@ -770,6 +788,22 @@ impl Session {
             self.timeline.apply(&Command::Pause, now);
             self.state_changed(now);
             self.publish(ctx);
+            self.finished_at = Some(now);
+        }
+        if let (Some(pause), Some(at)) = (self.loop_pause, self.finished_at) {
+            if now.saturating_duration_since(at) >= pause {
+                self.finished_at = None;
+                // Unless something (another replica's timeline) moved it on meanwhile.
+                if !self.timeline.playing()
+                    && self.timeline.frame_at(now) >= self.timeline.last_frame()
+                {
+                    // Play at the finish starts again from the first frame.
+                    self.timeline.apply(&Command::Play, now);
+                    self.state_changed(now);
+                    self.publish(ctx);
+                    tracing::info!(session = %self.id, "finished; playing again from the start");
+                }
+            }
         }
         self.publish_frames(now);
         self.metrics()
@@ -933,6 +967,8 @@ impl Session {
     fn control(&mut self, command: Command) -> PlayState {
         let now = Instant::now();
         self.timeline.apply(&command, now);
+        // A command at the finish is the controller's choice: no automatic restart after it.
+        self.finished_at = None;
         self.state_changed(now);
         tracing::debug!(session = %self.id, command = command.kind(), "control");
         self.publish_frames(now);
@@ -946,6 +982,7 @@ impl Session {
             viewers: self.viewers.len(),
             state: self.timeline.state(Instant::now()),
             stats: self.stats.snapshot(),
+            looping: self.loop_pause.is_some(),
         }
     }
 }
