@@ -68,6 +68,7 @@ try {
     await page.click("#admin-save");
     await page.locator("#races .card button[type=submit]").first().click();
     await page.locator("#watch-link").waitFor();
+    await page.locator("#watch-link").scrollIntoViewIfNeeded();
   };
   await shot("desktop-home", DESKTOP, "/", home);
   await shot("phone-home", PHONE, "/", home);

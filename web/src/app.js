@@ -192,6 +192,20 @@ function showFrame(frame) {
   if (!dragging) $("timeline").value = String(frame.i);
 }
 
+// Where the cars were last drawn, in CSS pixels of the canvas, and the one farthest from the
+// others: for tests and for anyone poking at the page from the console.
+window.replayHubCars = () => {
+  const ratio = view ? view.ratio : 1;
+  const list = cars.map((c) => ({ code: meta.drivers[c.n].code, x: c.x / ratio, y: c.y / ratio }));
+  let isolated = null;
+  let room = -1;
+  for (const c of list) {
+    const nearest = Math.min(...list.filter((o) => o !== c).map((o) => Math.hypot(o.x - c.x, o.y - c.y)));
+    if (nearest > room) [isolated, room] = [c, nearest];
+  }
+  return { cars: list, isolated };
+};
+
 // A click or tap on a car follows it (again: stops following it).
 function pickCar(event) {
   if (!focus || !view) return;

@@ -29,6 +29,7 @@ function showAdmin() {
   $("admin-token").placeholder = has ? "token kept in this tab" : "to start sessions; kept in this tab only";
   $("admin-forget").hidden = !has;
   $("admin-state").textContent = has ? "Sessions can be started." : "";
+  $("admin-state").className = "muted";
   document.body.dataset.admin = String(has);
   renderRaces();
 }
@@ -124,7 +125,13 @@ function createForm(race) {
         body: JSON.stringify(body),
       });
       const answer = await response.json().catch(() => ({}));
-      if (response.status === 401) setAdminToken("");
+      if (response.status === 401) {
+        // A wrong token is forgotten, and the form says why.
+        setAdminToken("");
+        $("admin-state").textContent = "The hub refused that admin token.";
+        $("admin-state").className = "error";
+        return;
+      }
       if (!response.ok) throw new Error(answer.message || `the hub answered ${response.status}`);
       result.className = "created";
       result.replaceChildren(

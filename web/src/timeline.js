@@ -21,19 +21,24 @@ export function setUpTimeline({ slider, scale, pits, preview, meta, timeline }) 
   function drawScale() {
     const width = slider.getBoundingClientRect().width || 300;
     const every = Math.max(1, Math.ceil(laps.length / Math.max(1, (width / 100) * LAP_LABELS_PER_100PX)));
-    const ticks = laps.map((e, k) => {
+    const ticks = [];
+    laps.forEach((e, k) => {
       const tick = document.createElement("span");
       tick.className = "tick";
       tick.style.left = at(e.frame);
-      if (k % every === 0) {
-        tick.classList.add("labelled");
-        tick.dataset.label = `L${e.lap}`;
-      }
-      return tick;
+      ticks.push(tick);
+      if (k % every) return;
+      tick.classList.add("labelled");
+      const label = document.createElement("span");
+      const fraction = Math.min(last, e.frame) / last;
+      label.className = fraction < 0.03 ? "lap-label start" : fraction > 0.97 ? "lap-label end" : "lap-label";
+      label.style.left = at(e.frame);
+      label.textContent = `L${e.lap}`;
+      ticks.push(label);
     });
     const times = Array.from({ length: TIME_LABELS }, (_, k) => {
       const label = document.createElement("span");
-      label.className = "time";
+      label.className = k === 0 ? "time start" : k === TIME_LABELS - 1 ? "time end" : "time";
       const frame = Math.round((last * k) / (TIME_LABELS - 1));
       label.style.left = at(frame);
       label.textContent = clock(frame / meta.fps);
@@ -59,6 +64,8 @@ export function setUpTimeline({ slider, scale, pits, preview, meta, timeline }) 
     preview.hidden = false;
     preview.textContent = `Lap ${lapAt(frame)} · ${clock(frame / meta.fps)}`;
     preview.style.left = `${(100 * fraction).toFixed(2)}%`;
+    // Kept inside the slider at either end.
+    preview.style.transform = `translateX(-${(100 * Math.min(1, Math.max(0, (fraction - 0.05) / 0.9))).toFixed(0)}%)`;
     document.body.dataset.preview = preview.textContent;
   };
   const fromPointer = (event) => {
