@@ -30,7 +30,6 @@ let field = {};
 let frames = []; // {i, t, lap, drivers, at}, oldest first, current epoch only
 let state = null;
 let view = null; // track-to-canvas transform
-let trackImage = null; // the static track, drawn once per resize
 let dragging = false;
 let raceTimeline = { events: [], weather: [] };
 let showEvents = () => {}; // shows the ticker and weather as of a frame
@@ -174,7 +173,7 @@ function setUpViews() {
   telemetry = createTelemetry($("telemetry"), meta, field, laps, () => focus.clear());
   const flags = createFlags($("flag"), meta, (status) => {
     trackStatus = status;
-    if (view) trackImage = renderTrack($("track").width, $("track").height);
+    if (view) renderTrack();
   });
   const finish = createFinish($("finish"), $("connection"), meta, field);
   views = { laps, leaderboard, telemetry, flags, finish };
@@ -246,13 +245,15 @@ function resize() {
     // Screen y grows downward; track y grows upward.
     y: (y) => canvas.height - offsetY - (y - b.y_min) * scale,
   };
-  trackImage = renderTrack(canvas.width, canvas.height);
+  renderTrack();
 }
 
-function renderTrack(width, height) {
-  const image = document.createElement("canvas");
-  image.width = width;
-  image.height = height;
+// The static track, on its own canvas under the cars': drawn again only on a resize or a change
+// of track status, never per frame.
+function renderTrack() {
+  const image = $("track-bg");
+  image.width = $("track").width;
+  image.height = $("track").height;
   const g = image.getContext("2d");
   const t = meta.track;
   const path = (xs, ys) => {
@@ -278,7 +279,6 @@ function renderTrack(width, height) {
   // Start/finish line.
   g.fillStyle = "#fff";
   g.fillRect(view.x(t.centre_x[0]) - 3 * view.ratio, view.y(t.centre_y[0]) - 3 * view.ratio, 6 * view.ratio, 6 * view.ratio);
-  return image;
 }
 
 // The two frames around the moment shown (DELAY_MS ago), and how far between them.
@@ -298,10 +298,9 @@ function framesAt(now) {
 function draw(now) {
   requestAnimationFrame(draw);
   const canvas = $("track");
-  const g = canvas.getContext("2d");
+  const g = canvas.getContext("2d", { desynchronized: true });
   if (!view) return;
   g.clearRect(0, 0, canvas.width, canvas.height);
-  g.drawImage(trackImage, 0, 0);
   const around = framesAt(now);
   if (!around) return;
   const [a, b, k] = around;

@@ -24,6 +24,13 @@ export function createLeaderboard(table, meta, field, laps, onPick) {
     return tr;
   });
   let focused = -1;
+  // Only what changed is written: unchanged text costs no layout.
+  const put = (node, text) => {
+    if (node.textContent !== text) node.textContent = text;
+  };
+  const set = (node, key, value) => {
+    if (node.dataset[key] !== value) node.dataset[key] = value;
+  };
 
   return {
     update(frame) {
@@ -33,28 +40,32 @@ export function createLeaderboard(table, meta, field, laps, onPick) {
         const d = frame.drivers[n];
         const tr = rows[row];
         const cells = tr.children;
-        tr.dataset.driver = String(n);
-        tr.classList.toggle("focused", n === focused);
-        tr.setAttribute("aria-selected", String(n === focused));
+        if (tr.dataset.driver !== String(n)) {
+          tr.dataset.driver = String(n);
+          tr.classList.toggle("focused", n === focused);
+          tr.setAttribute("aria-selected", String(n === focused));
+        }
         const status = d[field.status];
         const out = laps.onOutLap(n);
-        tr.dataset.status = status === RETIRED ? "retired" : status === PIT ? "pit" : out ? "out" : status === FINISHED ? "finished" : "running";
-        cells[0].textContent = d[field.position];
-        const swatch = cells[1].children[0];
-        const colour = rgb(driver.colour);
-        if (swatch.style.background !== colour) swatch.style.background = colour;
-        cells[1].children[1].textContent = driver.code;
-        cells[1].children[2].textContent = driver.team;
-        cells[1].title = `#${driver.number} ${driver.code} · ${driver.team}`;
+        set(tr, "status", status === RETIRED ? "retired" : status === PIT ? "pit" : out ? "out" : status === FINISHED ? "finished" : "running");
+        put(cells[0], String(d[field.position]));
+        if (cells[1].children[1].textContent !== driver.code) {
+          cells[1].children[0].style.background = rgb(driver.colour);
+          cells[1].children[1].textContent = driver.code;
+          cells[1].children[2].textContent = driver.team;
+          cells[1].title = `#${driver.number} ${driver.code} · ${driver.team}`;
+        }
         const leader = d[field.position] === 1;
-        cells[2].textContent = status === RETIRED ? "–" : leader ? "Leader" : gap(d[field.gap_to_leader]);
-        cells[3].textContent = status === RETIRED || leader ? "" : gap(d[field.gap_to_previous]);
+        put(cells[2], status === RETIRED ? "–" : leader ? "Leader" : gap(d[field.gap_to_leader]));
+        put(cells[3], status === RETIRED || leader ? "" : gap(d[field.gap_to_previous]));
         const [letter, tyreColour, name] = TYRES[d[field.tyre]] || UNKNOWN_TYRE;
-        cells[4].textContent = letter;
-        cells[4].style.color = tyreColour;
-        cells[4].title = name;
-        cells[5].textContent = d[field.lap];
-        cells[6].textContent = status === RETIRED ? "RET" : status === PIT ? "PIT" : out ? "OUT" : status === FINISHED ? "FIN" : "";
+        if (cells[4].textContent !== letter) {
+          cells[4].textContent = letter;
+          cells[4].style.color = tyreColour;
+          cells[4].title = name;
+        }
+        put(cells[5], String(d[field.lap]));
+        put(cells[6], status === RETIRED ? "RET" : status === PIT ? "PIT" : out ? "OUT" : status === FINISHED ? "FIN" : "");
       });
     },
     setFocused(n) {
