@@ -186,9 +186,12 @@ function showFrame(frame) {
   views.telemetry.update(frame);
   views.flags.update(frame);
   views.finish.update(frame, looping);
-  $("lap").textContent = `Lap ${Math.min(frame.lap, meta.total_laps)} / ${meta.total_laps}`;
-  $("clock").textContent = clock(frame.t);
-  if (!dragging) $("timeline").value = String(frame.i);
+  // Written only when they change: the same text set again still costs a layout.
+  const lap = `Lap ${Math.min(frame.lap, meta.total_laps)} / ${meta.total_laps}`;
+  if ($("lap").textContent !== lap) $("lap").textContent = lap;
+  const time = clock(frame.t);
+  if ($("clock").textContent !== time) $("clock").textContent = time;
+  if (!dragging && control) $("timeline").value = String(frame.i);
 }
 
 // Where the cars were last drawn, in CSS pixels of the canvas, and the one farthest from the
