@@ -201,7 +201,7 @@ mod tests {
                 anchor_ms: 1_700_000_000_000,
                 epoch,
             },
-            looping: epoch % 2 == 0,
+            looping: epoch.is_multiple_of(2),
         }
     }
 
