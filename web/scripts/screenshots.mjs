@@ -1,5 +1,6 @@
 // Screenshots of the viewer for the README: every state, from the real page in headless
-// Chromium at 1400×900 (desktop) and 390×844 (phone), against a real hub.
+// Chromium at 1400×900 (desktop) and 390×844 (phone; one at 844×390 in landscape), against a
+// real hub.
 // Run: cargo build && cd web && node scripts/screenshots.mjs   (writes ../docs/screenshots/*.png)
 import { mkdirSync } from "node:fs";
 import { launchBrowser, seek, startHub } from "./harness.mjs";
@@ -26,7 +27,8 @@ try {
   const created = await (await hub.admin("POST", "/api/sessions", { race, id: "eventful" })).json();
 
   const shot = async (name, viewport, path, ready) => {
-    const context = await browser.newContext({ viewport, deviceScaleFactor: 1, hasTouch: viewport === PHONE, isMobile: viewport === PHONE });
+    const phone = Math.min(viewport.width, viewport.height) < 500;
+    const context = await browser.newContext({ viewport, deviceScaleFactor: 1, hasTouch: phone, isMobile: phone });
     const page = await context.newPage();
     await page.goto(hub.base + path);
     await ready(page);
@@ -47,6 +49,7 @@ try {
   await shot("desktop-follow", DESKTOP, "/sessions/demo", follow);
   await shot("phone-race", PHONE, "/sessions/demo", racing);
   await shot("phone-follow", PHONE, "/sessions/demo", follow);
+  await shot("phone-landscape-follow", { width: 844, height: 390 }, `/sessions/demo?token=${hub.token}`, follow);
   // The start: twenty cars on the grid, labels kept apart or counted.
   await seek(browser, hub.base, "eventful", created.control_token, 150);
   await shot("desktop-start", DESKTOP, "/sessions/eventful", racing);
