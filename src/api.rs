@@ -357,6 +357,9 @@ struct NewSession {
     id: Option<String>,
     #[serde(default = "yes")]
     autoplay: bool,
+    /// Play again from the start a little after the finish.
+    #[serde(default, rename = "loop")]
+    looping: bool,
 }
 
 fn yes() -> bool {
@@ -369,25 +372,66 @@ async fn create_session(
     body: web::Json<NewSession>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let NewSession { race, id, autoplay } = body.into_inner();
+    let NewSession {
+        race,
+        id,
+        autoplay,
+        looping,
+    } = body.into_inner();
     let created = state
         .hub
-        .send(CreateSession { race, id, autoplay })
+        .send(CreateSession {
+            race,
+            id,
+            autoplay,
+            looping,
+        })
         .await??;
-    let ws_url = ws_url(&req, &created.id);
+    let urls = SessionUrls::new(&req, &created.id, &created.control_token);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/sessions/{}", created.id)))
         .json(json!({
             "id": created.id,
             "race": created.race,
             "control_token": created.control_token,
-            "ws_url": ws_url,
-            "control_url": format!("{ws_url}?token={}", created.control_token),
+            "loop": looping,
+            "watch_url": urls.watch,
+            "control_page_url": urls.control_page,
+            "ws_url": urls.ws,
+            "control_url": urls.control_ws,
         })))
 }
 
-fn ws_url(req: &HttpRequest, id: &str) -> String {
-    format!("ws://{}/ws/sessions/{id}", req.connection_info().host())
+/// Where a new session is watched and controlled: the pages, and the WebSocket URLs behind
+/// them. The scheme and host are the ones the client used, as `ConnectionInfo` reads them
+/// (`Forwarded`, `X-Forwarded-Proto`/`-Host`, else the request): behind TLS the pages are
+/// `https` and the sockets `wss`.
+struct SessionUrls {
+    watch: String,
+    control_page: String,
+    ws: String,
+    control_ws: String,
+}
+
+impl SessionUrls {
+    fn new(req: &HttpRequest, id: &str, token: &str) -> Self {
+        let info = req.connection_info();
+        let secure = info.scheme().eq_ignore_ascii_case("https");
+        let (http, ws) = if secure {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        let host = info.host();
+        let watch = format!("{http}://{host}/sessions/{id}");
+        let ws = format!("{ws}://{host}/ws/sessions/{id}");
+        Self {
+            control_page: format!("{watch}?token={token}"),
+            control_ws: format!("{ws}?token={token}"),
+            watch,
+            ws,
+        }
+    }
 }
 
 async fn get_session(

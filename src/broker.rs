@@ -24,6 +24,9 @@ pub struct SessionRecord {
     /// SHA-256 of the control token, hex: replicas check tokens without storing them.
     pub token_sha256: String,
     pub timeline: SharedTimeline,
+    /// The session starts again from the beginning a little after it reaches the finish.
+    #[serde(default, rename = "loop", skip_serializing_if = "std::ops::Not::not")]
+    pub looping: bool,
 }
 
 impl SessionRecord {

@@ -116,6 +116,11 @@ pub struct Config {
     #[arg(long, env = "REPLAY_HUB_DEMO_SESSION", default_value = "demo")]
     pub demo_session: String,
 
+    /// How long a looping session (the demo, or one created with `"loop": true`) waits at the
+    /// finish, in ms, before it plays again from the start.
+    #[arg(long, env = "REPLAY_HUB_LOOP_PAUSE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub loop_pause_ms: u64,
+
     /// Laps of the demo race generated into an empty data directory.
     #[arg(long, env = "REPLAY_HUB_DEMO_LAPS", default_value_t = 10)]
     pub demo_laps: u16,

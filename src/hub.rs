@@ -57,6 +57,9 @@ pub enum HubError {
     },
 }
 
+/// How long a looping session waits at the finish by default.
+pub const DEFAULT_LOOP_PAUSE: Duration = Duration::from_secs(5);
+
 /// How much memory loaded races may take, how long a failed load is remembered, and how many
 /// commands a session takes.
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +295,8 @@ pub struct Hub {
     me: Option<Addr<Hub>>,
     /// Without a broker: where sessions are kept for a restart.
     store: Option<SessionStore>,
+    /// How long a looping session waits at the finish before it plays again.
+    loop_pause: Duration,
 }
 
 impl Hub {
@@ -310,6 +315,7 @@ impl Hub {
             broker: None,
             me: None,
             store: None,
+            loop_pause: DEFAULT_LOOP_PAUSE,
             cache,
             data_dir,
             races: races.into_iter().map(|r| (r.meta.id.clone(), r)).collect(),
@@ -321,6 +327,12 @@ impl Hub {
             max_sessions,
             max_viewers_per_session,
         }
+    }
+
+    /// How long looping sessions wait at the finish before they play again.
+    pub fn with_loop_pause(mut self, pause: Duration) -> Self {
+        self.loop_pause = pause;
+        self
     }
 
     /// Bounds the memory races take and how often a broken race is retried.
@@ -516,8 +528,11 @@ impl Hub {
         id: Option<String>,
         race: Arc<EncodedRace>,
         autoplay: bool,
+        looping: bool,
         joined: Option<SessionRecord>,
     ) -> Result<(Created, Option<SessionRecord>), HubError> {
+        // A copy of a session created elsewhere loops as its creator said.
+        let looping = joined.as_ref().map_or(looping, |r| r.looping);
         // Checked again: another create may have taken the id or the last slot during the load.
         self.check_new_session(id.as_deref())?;
         let id = id.unwrap_or_else(|| loop {
@@ -543,12 +558,16 @@ impl Hub {
             self.metrics.clone(),
         )
         .with_command_rate(self.limits.session_commands_per_second);
+        if looping {
+            session = session.looping(self.loop_pause);
+        }
         let mut record = None;
         if let Some(broker) = &self.broker {
             let sync = SessionSync {
                 broker: broker.clone(),
                 race: race.id().to_owned(),
                 token_sha256: token_sha256.clone(),
+                looping,
             };
             session = session.with_sync(sync, joined.as_ref().map(|r| r.timeline));
             if joined.is_none() {
@@ -556,6 +575,7 @@ impl Hub {
                     race: race.id().to_owned(),
                     token_sha256: token_sha256.clone(),
                     timeline: session.shared(),
+                    looping,
                 });
             }
         }
@@ -567,6 +587,7 @@ impl Hub {
                 store: store.clone(),
                 race: race.id().to_owned(),
                 token_sha256: token_sha256.clone(),
+                looping,
             };
             session = session.with_local_store(local, joined.as_ref().map(|r| r.timeline));
         }
@@ -615,7 +636,7 @@ impl Hub {
                     }
                     let race = loaded.ok()?.ok()?;
                     let playing = record.timeline.playing;
-                    match act.start_session(Some(id.clone()), race, playing, Some(record)) {
+                    match act.start_session(Some(id.clone()), race, playing, false, Some(record)) {
                         Ok(_) => act.sessions.get(&id).map(|e| e.addr.clone()),
                         Err(err) => {
                             tracing::warn!(session = %id, %err, "could not join a shared session");
@@ -748,6 +769,8 @@ pub struct CreateSession {
     pub race: String,
     pub id: Option<String>,
     pub autoplay: bool,
+    /// Play again from the start a little after the finish (see [`Hub::with_loop_pause`]).
+    pub looping: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -789,7 +812,7 @@ impl Handler<CreateSession> for Hub {
                 rx.into_actor(act).then(move |loaded, act, _| {
                     let started = loaded
                         .unwrap_or_else(|_| Err(aborted(&msg.race)))
-                        .and_then(|race| act.start_session(msg.id, race, msg.autoplay, None));
+                        .and_then(|race| act.start_session(msg.id, race, msg.autoplay, msg.looping, None));
                     let broker = act.broker.clone();
                     async move {
                         let (created, record) = started?;
@@ -947,6 +970,7 @@ fn remote_info(id: String, record: &SessionRecord) -> SessionInfo {
         viewers: 0,
         state: timeline.state(std::time::Instant::now()),
         stats: StatsSnapshot::default(),
+        looping: record.looping,
     }
 }
 
@@ -1107,7 +1131,7 @@ impl Handler<ResumeSession> for Hub {
                     Err(err) => return Err(err),
                 };
                 let playing = record.timeline.playing;
-                act.start_session(Some(id), race, playing, Some(record))
+                act.start_session(Some(id), race, playing, false, Some(record))
                     .map(|_| ())
             })
         }))

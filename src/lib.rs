@@ -148,6 +148,7 @@ impl App {
                 ),
             })
             .with_store(store.clone())
+            .with_loop_pause(Duration::from_millis(config.loop_pause_ms))
         });
         let admin_token = config
             .admin_token
@@ -318,6 +319,8 @@ async fn start_demo(
                 race: race.clone(),
                 id: Some(id.to_owned()),
                 autoplay: true,
+                // A hub left running always shows a race.
+                looping: true,
             })
             .await
             .map_err(|e| StartError::DemoSession(e.to_string()))?;

@@ -519,6 +519,9 @@ pub struct SessionInfo {
     pub viewers: usize,
     pub state: PlayState,
     pub stats: StatsSnapshot,
+    /// Plays again from the start after the finish.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
 }
 
 /// The encoded race this session plays (shared with every other session of the same race).
@@ -567,6 +570,7 @@ pub struct SessionSync {
     pub broker: Arc<Broker>,
     pub race: String,
     pub token_sha256: String,
+    pub looping: bool,
 }
 
 pub struct Session {
@@ -596,6 +600,10 @@ pub struct Session {
     on_failure: Option<Recipient<SessionFailed>>,
     /// Commands per second from all controllers together.
     command_rate: Option<governor::DefaultDirectRateLimiter>,
+    /// A looping session plays again from the start this long after it reaches the finish.
+    loop_pause: Option<Duration>,
+    /// When playback last stopped at the finish by itself (not by a command).
+    finished_at: Option<Instant>,
     /// Makes the next tick fail, to test how a failing session ends.
     #[cfg(test)]
     poisoned: bool,
@@ -633,9 +641,18 @@ impl Session {
             ticker: None,
             on_failure: None,
             command_rate: None,
+            loop_pause: None,
+            finished_at: None,
             #[cfg(test)]
             poisoned: false,
         }
+    }
+
+    /// Makes the session start again from the beginning `pause` after it reaches the finish,
+    /// so a hub left running always shows a race.
+    pub fn looping(mut self, pause: Duration) -> Self {
+        self.loop_pause = Some(pause);
+        self
     }
 
     /// Shares this session's timeline with other replicas: `joined` is the timeline it takes
@@ -687,6 +704,7 @@ impl Session {
             race: sync.race.clone(),
             token_sha256: sync.token_sha256.clone(),
             timeline: self.timeline.shared(),
+            looping: self.loop_pause.is_some(),
         }
     }
 
@@ -792,6 +810,22 @@ impl Session {
             self.timeline.apply(&Command::Pause, now);
             self.state_changed(now);
             self.publish(ctx);
+            self.finished_at = Some(now);
+        }
+        if let (Some(pause), Some(at)) = (self.loop_pause, self.finished_at) {
+            if now.saturating_duration_since(at) >= pause {
+                self.finished_at = None;
+                // Unless something (another replica's timeline) moved it on meanwhile.
+                if !self.timeline.playing()
+                    && self.timeline.frame_at(now) >= self.timeline.last_frame()
+                {
+                    // Play at the finish starts again from the first frame.
+                    self.timeline.apply(&Command::Play, now);
+                    self.state_changed(now);
+                    self.publish(ctx);
+                    tracing::info!(session = %self.id, "finished; playing again from the start");
+                }
+            }
         }
         self.publish_frames(now);
         self.metrics()
@@ -955,6 +989,8 @@ impl Session {
     fn control(&mut self, command: Command) -> PlayState {
         let now = Instant::now();
         self.timeline.apply(&command, now);
+        // A command at the finish is the controller's choice: no automatic restart after it.
+        self.finished_at = None;
         self.state_changed(now);
         tracing::debug!(session = %self.id, command = command.kind(), "control");
         self.publish_frames(now);
@@ -968,6 +1004,7 @@ impl Session {
             viewers: self.viewers.len(),
             state: self.timeline.state(Instant::now()),
             stats: self.stats.snapshot(),
+            looping: self.loop_pause.is_some(),
         }
     }
 }

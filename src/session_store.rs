@@ -168,6 +168,7 @@ pub struct LocalSync {
     pub store: SessionStore,
     pub race: String,
     pub token_sha256: String,
+    pub looping: bool,
 }
 
 impl LocalSync {
@@ -177,6 +178,7 @@ impl LocalSync {
             race: self.race.clone(),
             token_sha256: self.token_sha256.clone(),
             timeline,
+            looping: self.looping,
         };
         if let Err(err) = self.store.save(id, &record) {
             tracing::warn!(session = %id, %err, "session not saved; it will not survive a restart");
@@ -199,6 +201,7 @@ mod tests {
                 anchor_ms: 1_700_000_000_000,
                 epoch,
             },
+            looping: epoch.is_multiple_of(2),
         }
     }
 

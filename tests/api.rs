@@ -240,6 +240,81 @@ async fn sessions_need_the_admin_token_and_validate_input() {
 }
 
 #[tokio::test]
+async fn a_new_session_answers_with_its_page_and_socket_urls_in_the_clients_scheme() {
+    let hub = TestHub::start();
+    let create = |id: &str, proto: Option<&str>| {
+        let mut request = hub
+            .http()
+            .post(hub.url("/api/sessions"))
+            .bearer_auth(&hub.admin_token)
+            .json(&json!({"race": "test-race", "id": id}));
+        if let Some(proto) = proto {
+            request = request
+                .header("x-forwarded-proto", proto)
+                .header("x-forwarded-host", "replays.example.org");
+        }
+        request.send()
+    };
+    let plain: Value = create("plain", None).await.unwrap().json().await.unwrap();
+    let token = plain["control_token"].as_str().unwrap();
+    let host = hub.addr;
+    assert_eq!(plain["watch_url"], format!("http://{host}/sessions/plain"));
+    assert_eq!(
+        plain["control_page_url"],
+        format!("http://{host}/sessions/plain?token={token}")
+    );
+    assert_eq!(plain["ws_url"], format!("ws://{host}/ws/sessions/plain"));
+    assert_eq!(
+        plain["control_url"],
+        format!("ws://{host}/ws/sessions/plain?token={token}")
+    );
+    // The page URL serves the viewer.
+    let page = hub
+        .http()
+        .get(plain["watch_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
+
+    // Behind a TLS-terminating proxy: https pages and wss sockets on the public host.
+    let tls: Value = create("behind-tls", Some("https"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tls["control_token"].as_str().unwrap();
+    assert_eq!(
+        tls["watch_url"],
+        "https://replays.example.org/sessions/behind-tls"
+    );
+    assert_eq!(
+        tls["control_page_url"],
+        format!("https://replays.example.org/sessions/behind-tls?token={token}")
+    );
+    assert_eq!(
+        tls["ws_url"],
+        "wss://replays.example.org/ws/sessions/behind-tls"
+    );
+    assert_eq!(
+        tls["control_url"],
+        format!("wss://replays.example.org/ws/sessions/behind-tls?token={token}")
+    );
+    let http: Value = create("behind-http", Some("http"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        http["ws_url"],
+        "ws://replays.example.org/ws/sessions/behind-http"
+    );
+}
+
+#[tokio::test]
 async fn the_session_limit_is_enforced() {
     let hub = TestHub::start_with(|c| c.max_sessions = 2);
     hub.create_session("second", false).await;

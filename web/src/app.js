@@ -2,11 +2,22 @@
 // interpolating between the 25 FPS frames the worker decodes, and keeps the leaderboard, clock,
 // lap counter and connection state current. With a control token it shows the controls.
 // It exposes what it drew on document.body.dataset for tests (cars, frame, playing).
-// The race-control ticker, the weather and the jump controls live in events.js.
+// The race-control ticker, the weather and the jump controls live in events.js; the
+// leaderboard, the followed driver's telemetry, car labels, flags, the finish, the slider's
+// scale and the keyboard in their own modules, which this file calls with the frame it shows.
 import { createTicker, loadTimeline, markTimeline, setUpJumps } from "./events.js";
+import { createFinish } from "./finish.js";
+import { createFlags } from "./flags.js";
+import { createFocus } from "./focus.js";
+import { clock } from "./format.js";
+import { setUpKeys } from "./keys.js";
+import { createLapTracker } from "./laps.js";
+import { carAt, drawCars } from "./labels.js";
+import { createLeaderboard } from "./leaderboard.js";
+import { createTelemetry } from "./telemetry.js";
+import { setUpTimeline } from "./timeline.js";
 
-const TYRES = { 0: ["S", "#e8002d"], 1: ["M", "#ffd12e"], 2: ["H", "#f0f0ec"], 3: ["I", "#43b02a"], 4: ["W", "#0067ad"] };
-const STATUS = { 1: "PIT", 2: "OUT", 3: "FIN" };
+const SPEEDS = [0.25, 0.5, 1, 2, 4, 8, 16];
 // Frames are shown this far behind their arrival, so there is always a next one to move toward.
 const DELAY_MS = 100;
 
@@ -19,12 +30,17 @@ let field = {};
 let frames = []; // {i, t, lap, drivers, at}, oldest first, current epoch only
 let state = null;
 let view = null; // track-to-canvas transform
-let trackImage = null; // the static track, drawn once per resize
 let dragging = false;
-let rows = [];
 let raceTimeline = { events: [], weather: [] };
 let showEvents = () => {}; // shows the ticker and weather as of a frame
 let shownFrame = 0; // the frame on screen: nothing later is shown anywhere
+let looping = false; // the session plays again after the finish
+let views = null; // the modules showing the frame on screen, once the fields are known
+let focus = null;
+let lastShown = null; // the frame the views last showed
+let cars = []; // where the cars were drawn: {x, y, n, order}
+let trackStatus = "green";
+let control = null; // the controller's commands, once the hub says this viewer may send them
 
 async function start() {
   const session = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
@@ -40,15 +56,17 @@ async function start() {
     return;
   }
   const info = await session.json();
+  looping = Boolean(info.loop);
   // The metadata carries a strong ETag and a long max-age: fetched once, then from the cache.
   meta = await (await fetch(`/api/races/${encodeURIComponent(info.race)}`)).json();
   $("race-name").textContent = meta.name;
   document.title = `${meta.name} · replay-hub`;
-  buildLeaderboard();
   raceTimeline = await loadTimeline(info.race).catch(() => raceTimeline);
   showEvents = createTicker($("ticker"), $("weather"), raceTimeline);
   window.addEventListener("resize", resize);
   resize();
+  $("track").addEventListener("click", pickCar);
+  setUpKeys({ release: () => focus?.clear(), control: { enabled: () => control !== null, ...controlKeys() } });
 
   const worker = new Worker("/assets/worker.js", { type: "module" });
   worker.onmessage = (event) => receive(event.data, worker);
@@ -66,6 +84,7 @@ function receive(message, worker) {
   switch (message.type) {
     case "hello":
       field = Object.fromEntries(message.fields.map((name, index) => [name, index]));
+      if (!views) setUpViews();
       $("timeline").max = String(message.total_frames - 1);
       frames = [];
       applyState(message.state);
@@ -80,7 +99,6 @@ function receive(message, worker) {
       message.at = performance.now();
       frames.push(message);
       if (frames.length > 25) frames.shift();
-      updateBoard(message);
       break;
     case "status":
       $("connection").textContent =
@@ -109,6 +127,7 @@ function applyState(next) {
 
 function setUpControls(worker) {
   const send = (command) => worker.postMessage({ type: "command", command });
+  control = send;
   $("controls").hidden = false;
   $("play").onclick = () => send({ cmd: state && state.playing ? "pause" : "play" });
   $("speed").onchange = (e) => send({ cmd: "speed", value: Number(e.target.value) });
@@ -120,6 +139,83 @@ function setUpControls(worker) {
   };
   setUpJumps({ timeline: raceTimeline, meta, send, currentFrame: () => shownFrame });
   markTimeline($("timeline-marks"), meta);
+  setUpTimeline({ slider: timeline, scale: $("timeline-scale"), pits: $("timeline-pits"), preview: $("timeline-preview"), meta, timeline: raceTimeline });
+  window.dispatchEvent(new Event("resize")); // the footer takes room from the track
+}
+
+// What the keyboard shortcuts send (keys.js calls these only for a controller).
+function controlKeys() {
+  return {
+    playPause: () => control({ cmd: state && state.playing ? "pause" : "play" }),
+    seekBy: (seconds) => {
+      const frame = Math.round(shownFrame + seconds * meta.fps);
+      control({ cmd: "seek", frame: Math.max(0, Math.min(meta.total_frames - 1, frame)) });
+    },
+    speedStep: (step) => {
+      const now = SPEEDS.indexOf(state ? state.speed : 1);
+      const next = SPEEDS[Math.max(0, Math.min(SPEEDS.length - 1, (now < 0 ? 2 : now) + step))];
+      control({ cmd: "speed", value: next });
+    },
+  };
+}
+
+// The leaderboard, telemetry, flags and finish, fed with the frame on screen.
+function setUpViews() {
+  const laps = createLapTracker(meta, field, raceTimeline);
+  let leaderboard = null;
+  let telemetry = null;
+  focus = createFocus(sessionId, meta, (n) => {
+    leaderboard.setFocused(n);
+    telemetry.show(n);
+    if (lastShown) telemetry.update(lastShown);
+  });
+  leaderboard = createLeaderboard($("leaderboard"), meta, field, laps, (n) => focus.toggle(n));
+  telemetry = createTelemetry($("telemetry"), meta, field, laps, () => focus.clear());
+  const flags = createFlags($("flag"), meta, (status) => {
+    trackStatus = status;
+    if (view) renderTrack();
+  });
+  const finish = createFinish($("finish"), $("connection"), meta, field);
+  views = { laps, leaderboard, telemetry, flags, finish };
+  focus.restore();
+}
+
+function showFrame(frame) {
+  views.laps.observe(frame);
+  views.leaderboard.update(frame);
+  views.telemetry.update(frame);
+  views.flags.update(frame);
+  views.finish.update(frame, looping);
+  // Written only when they change: the same text set again still costs a layout.
+  const lap = `Lap ${Math.min(frame.lap, meta.total_laps)} / ${meta.total_laps}`;
+  if ($("lap").textContent !== lap) $("lap").textContent = lap;
+  const time = clock(frame.t);
+  if ($("clock").textContent !== time) $("clock").textContent = time;
+  if (!dragging && control) $("timeline").value = String(frame.i);
+}
+
+// Where the cars were last drawn, in CSS pixels of the canvas, and the one farthest from the
+// others: for tests and for anyone poking at the page from the console.
+window.replayHubCars = () => {
+  const ratio = view ? view.ratio : 1;
+  const list = cars.map((c) => ({ code: meta.drivers[c.n].code, x: c.x / ratio, y: c.y / ratio }));
+  let isolated = null;
+  let room = -1;
+  for (const c of list) {
+    const nearest = Math.min(...list.filter((o) => o !== c).map((o) => Math.hypot(o.x - c.x, o.y - c.y)));
+    if (nearest > room) [isolated, room] = [c, nearest];
+  }
+  return { cars: list, isolated };
+};
+
+// A click or tap on a car follows it (again: stops following it).
+function pickCar(event) {
+  if (!focus || !view) return;
+  const box = event.currentTarget.getBoundingClientRect();
+  const x = (event.clientX - box.left) * view.ratio;
+  const y = (event.clientY - box.top) * view.ratio;
+  const n = carAt(cars, x, y, 18 * view.ratio);
+  if (n >= 0) focus.toggle(n);
 }
 
 function showEnded(reason) {
@@ -152,13 +248,15 @@ function resize() {
     // Screen y grows downward; track y grows upward.
     y: (y) => canvas.height - offsetY - (y - b.y_min) * scale,
   };
-  trackImage = renderTrack(canvas.width, canvas.height);
+  renderTrack();
 }
 
-function renderTrack(width, height) {
-  const image = document.createElement("canvas");
-  image.width = width;
-  image.height = height;
+// The static track, on its own canvas under the cars': drawn again only on a resize or a change
+// of track status, never per frame.
+function renderTrack() {
+  const image = $("track-bg");
+  image.width = $("track").width;
+  image.height = $("track").height;
   const g = image.getContext("2d");
   const t = meta.track;
   const path = (xs, ys) => {
@@ -171,16 +269,19 @@ function renderTrack(width, height) {
   g.strokeStyle = "#3a3f47";
   g.lineWidth = 14 * view.ratio;
   g.stroke();
-  g.lineWidth = 1 * view.ratio;
-  g.strokeStyle = "#6b7280";
+  // Under a yellow, SC, VSC or red flag the edges take the flag's colour (the banner names it).
+  const flag = views?.flags.colour(trackStatus);
+  g.lineWidth = (flag ? 2.5 : 1) * view.ratio;
+  g.strokeStyle = flag || "#6b7280";
+  if (trackStatus === "virtual_safety_car") g.setLineDash([8 * view.ratio, 6 * view.ratio]);
   path(t.inner_x, t.inner_y);
   g.stroke();
   path(t.outer_x, t.outer_y);
   g.stroke();
+  g.setLineDash([]);
   // Start/finish line.
   g.fillStyle = "#fff";
   g.fillRect(view.x(t.centre_x[0]) - 3 * view.ratio, view.y(t.centre_y[0]) - 3 * view.ratio, 6 * view.ratio, 6 * view.ratio);
-  return image;
 }
 
 // The two frames around the moment shown (DELAY_MS ago), and how far between them.
@@ -200,75 +301,32 @@ function framesAt(now) {
 function draw(now) {
   requestAnimationFrame(draw);
   const canvas = $("track");
-  const g = canvas.getContext("2d");
+  const g = canvas.getContext("2d", { desynchronized: true });
   if (!view) return;
   g.clearRect(0, 0, canvas.width, canvas.height);
-  g.drawImage(trackImage, 0, 0);
   const around = framesAt(now);
   if (!around) return;
   const [a, b, k] = around;
   const fx = field.x;
   const fy = field.y;
-  const r = 6 * view.ratio;
-  g.font = `${10 * view.ratio}px system-ui, sans-serif`;
-  g.textBaseline = "middle";
-  let cars = 0;
-  meta.drivers.forEach((driver, n) => {
+  const fp = field.position;
+  cars = meta.drivers.map((driver, n) => {
     const da = a.drivers[n];
     const db = b.drivers[n];
     const x = view.x(da[fx] + (db[fx] - da[fx]) * k);
     const y = view.y(da[fy] + (db[fy] - da[fy]) * k);
-    g.beginPath();
-    g.arc(x, y, r, 0, 2 * Math.PI);
-    g.fillStyle = `rgb(${driver.colour.join(",")})`;
-    g.fill();
-    g.lineWidth = 1.5 * view.ratio;
-    g.strokeStyle = "#111";
-    g.stroke();
-    g.fillStyle = "#e5e7eb";
-    g.fillText(driver.code, x + r + 2 * view.ratio, y);
-    cars += 1;
+    return { x, y, n, order: db[fp] };
   });
-  document.body.dataset.cars = String(cars);
+  const labels = drawCars(g, cars, meta, focus ? focus.get() : -1, view.ratio);
+  document.body.dataset.cars = String(cars.length);
+  document.body.dataset.labels = String(labels);
   document.body.dataset.frame = String(b.i);
   shownFrame = b.i;
   showEvents(b.i);
-}
-
-// --- leaderboard -----------------------------------------------------------------------------
-
-function buildLeaderboard() {
-  const body = $("leaderboard").querySelector("tbody");
-  rows = meta.drivers.map(() => {
-    const tr = document.createElement("tr");
-    tr.innerHTML = `<td class="pos"></td><td class="driver"><span class="swatch"></span><span class="code"></span></td><td class="gap"></td><td class="tyre"></td><td class="lap"></td><td class="status"></td>`;
-    body.appendChild(tr);
-    return tr;
-  });
-}
-
-function updateBoard(frame) {
-  const order = meta.drivers
-    .map((driver, n) => ({ driver, d: frame.drivers[n] }))
-    .sort((p, q) => p.d[field.position] - q.d[field.position]);
-  order.forEach(({ driver, d }, n) => {
-    const cells = rows[n].children;
-    cells[0].textContent = d[field.position];
-    cells[1].firstChild.style.background = `rgb(${driver.colour.join(",")})`;
-    cells[1].lastChild.textContent = driver.code;
-    cells[1].title = `${driver.number} · ${driver.team}`;
-    const retired = d[field.status] === 2;
-    cells[2].textContent = retired ? "–" : d[field.position] === 1 ? "Leader" : `+${d[field.gap_to_leader].toFixed(1)}`;
-    const [letter, colour] = TYRES[d[field.tyre]] || ["?", "#999"];
-    cells[3].textContent = letter;
-    cells[3].style.color = colour;
-    cells[4].textContent = d[field.lap];
-    cells[5].textContent = STATUS[d[field.status]] || "";
-  });
-  $("lap").textContent = `Lap ${Math.min(frame.lap, meta.total_laps)} / ${meta.total_laps}`;
-  const s = Math.max(0, Math.floor(frame.t));
-  $("clock").textContent = `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
-  if (!dragging) $("timeline").value = String(frame.i);
+  if (b !== lastShown && views) {
+    lastShown = b;
+    showFrame(b);
+  }
 }
 
 start().catch((error) => showEnded(`Could not load the session: ${error.message}`));
