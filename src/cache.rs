@@ -256,27 +256,26 @@ impl RaceCache {
         let (Some(Some(manifest)), Some(Some(meta))) = (found.next(), found.next()) else {
             return Ok(None);
         };
-        let manifest: Manifest =
-            rmp_serde::from_slice(&manifest).map_err(|e| corrupt(&manifest_key, e))?;
-        if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
+        let Some(head) = EntryHead::decode(
+            id,
+            content,
+            (&manifest_key, &manifest),
+            (&meta_key, &meta),
+            max_bytes,
+        )?
+        else {
             return Ok(None);
-        }
-        let meta = decode_meta(id, &meta_key, &meta)?;
-        let total =
-            check_manifest(&meta, &manifest, max_bytes).map_err(|reason| CacheError::Corrupt {
-                key: manifest_key.clone(),
-                reason,
-            })?;
-        let keys: Vec<String> = (0..manifest.chunks.len())
-            .map(|n| self.chunk_key(id, &manifest.content, n))
+        };
+        let keys: Vec<String> = (0..head.chunks())
+            .map(|n| self.chunk_key(id, &head.manifest.content, n))
             .collect();
         let requests = keys
             .chunks(CHUNKS_PER_REQUEST)
-            .zip(manifest.chunks.chunks(CHUNKS_PER_REQUEST))
-            .map(|(batch, infos)| {
-                let longest = infos
-                    .iter()
-                    .map(|c| stored_bound(c.raw_len as usize, manifest.compression))
+            .enumerate()
+            .map(|(batch_no, batch)| {
+                let first = batch_no * CHUNKS_PER_REQUEST;
+                let longest = (first..first + batch.len())
+                    .map(|n| head.chunk_bound(n))
                     .max()
                     .unwrap_or(0);
                 self.store.get(batch.to_vec(), longest)
@@ -286,14 +285,11 @@ impl RaceCache {
             stored.extend(batch?);
         }
         let id = id.to_owned();
-        tokio::task::spawn_blocking(move || assemble(meta, &manifest, total, &keys, stored))
+        tokio::task::spawn_blocking(move || head.assemble(&keys, stored))
             .await
             .map_err(|e| CacheError::Io(io::Error::other(e)))?
             .map(Some)
-            .map_err(|(key, reason)| {
-                tracing::warn!(race = %id, %key, %reason, "corrupt cache entry");
-                CacheError::Corrupt { key, reason }
-            })
+            .inspect_err(|err| tracing::warn!(race = %id, %err, "corrupt cache entry"))
     }
 
     /// Writes a race: chunks first, then metadata and manifest, then the index, so a reader
@@ -348,6 +344,96 @@ impl RaceCache {
         );
         Ok(())
     }
+}
+
+/// A cache entry's manifest and metadata, decoded and cross-checked against each other: every
+/// length the entry claims is known to be plausible, so its chunks can be fetched and assembled.
+/// [`RaceCache::load`] reads entries through it, and so does [`decode_entry`].
+pub struct EntryHead {
+    meta: RaceMeta,
+    manifest: Manifest,
+    /// Bytes of all frames together, within the memory limit given to [`EntryHead::decode`].
+    total: u64,
+}
+
+impl EntryHead {
+    /// Decodes race `id`'s stored manifest and metadata, each given with its key (for errors).
+    /// `Ok(None)` when the entry belongs to another encoding or, when `content` is given, to
+    /// other content: a miss. Damage, or an entry that would take more than `max_bytes`, is a
+    /// `Corrupt` error.
+    pub fn decode(
+        id: &str,
+        content: Option<&str>,
+        (manifest_key, manifest): (&str, &[u8]),
+        (meta_key, meta): (&str, &[u8]),
+        max_bytes: u64,
+    ) -> Result<Option<Self>, CacheError> {
+        let manifest: Manifest =
+            rmp_serde::from_slice(manifest).map_err(|e| corrupt(manifest_key, e))?;
+        if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
+            return Ok(None);
+        }
+        let meta = decode_meta(id, meta_key, meta)?;
+        let total = check_manifest(&meta, &manifest, max_bytes)
+            .map_err(|reason| corrupt(manifest_key, reason))?;
+        Ok(Some(Self {
+            meta,
+            manifest,
+            total,
+        }))
+    }
+
+    /// How many chunks the entry has.
+    pub fn chunks(&self) -> usize {
+        self.manifest.chunks.len()
+    }
+
+    /// The most stored bytes chunk `n` may take; longer values are damage, refused unread.
+    pub fn chunk_bound(&self, n: usize) -> usize {
+        self.manifest.chunks.get(n).map_or(0, |c| {
+            stored_bound(c.raw_len as usize, self.manifest.compression)
+        })
+    }
+
+    /// Checks the stored chunks (`stored[n]` under `keys[n]`; a missing one is `None`) and
+    /// builds the race from them.
+    pub fn assemble(
+        self,
+        keys: &[String],
+        stored: Vec<Option<Bytes>>,
+    ) -> Result<EncodedRace, CacheError> {
+        assemble(self.meta, &self.manifest, self.total, keys, stored)
+            .map_err(|(key, reason)| CacheError::Corrupt { key, reason })
+    }
+}
+
+/// Decodes a whole cache entry from its stored values, as [`RaceCache::load`] does once it has
+/// fetched them: `chunks[n]` is the value of chunk `n` (`None`, or absent, when missing). The
+/// pure form of a load, for tests and fuzzing; errors name the keys `manifest`, `meta` and
+/// `chunk:N`.
+pub fn decode_entry(
+    id: &str,
+    content: Option<&str>,
+    manifest: &[u8],
+    meta: &[u8],
+    chunks: &[Option<Bytes>],
+    max_bytes: u64,
+) -> Result<Option<EncodedRace>, CacheError> {
+    let Some(head) = EntryHead::decode(
+        id,
+        content,
+        ("manifest", manifest),
+        ("meta", meta),
+        max_bytes,
+    )?
+    else {
+        return Ok(None);
+    };
+    let keys: Vec<String> = (0..head.chunks()).map(|n| format!("chunk:{n}")).collect();
+    let stored = (0..head.chunks())
+        .map(|n| chunks.get(n).cloned().flatten())
+        .collect();
+    head.assemble(&keys, stored).map(Some)
 }
 
 fn corrupt(key: &str, err: impl std::fmt::Display) -> CacheError {
