@@ -21,8 +21,9 @@ use crate::encode::{EncodedRace, ENCODING_VERSION};
 use crate::race::RaceMeta;
 
 /// Key schema version: bump when the key layout, the manifest or the stored metadata changes
-/// (v2: the metadata carries the race's timeline, which v1 readers cannot decode).
-pub const SCHEMA: &str = "v2";
+/// (v2: the metadata carries the race's timeline, which v1 readers cannot decode; v3: the
+/// manifest carries the metadata's CRC-32).
+pub const SCHEMA: &str = "v3";
 /// Frames per chunk: about 1 MB of encoded frames per key.
 pub const CHUNK_FRAMES: u32 = 1000;
 /// Largest cached metadata accepted, as for race files.
@@ -144,6 +145,9 @@ struct Manifest {
     /// Encoded length of every frame: chunks hold nothing but frame bytes, so they decompress
     /// straight into the race's final buffer.
     frame_lengths: Vec<u32>,
+    /// CRC-32 of the stored metadata, which has no checksum of its own: damaged metadata that
+    /// still decodes (a name, a coordinate) would otherwise be served as another race.
+    meta_crc: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -299,16 +303,17 @@ impl RaceCache {
         let id = race.id().to_owned();
         let started = Instant::now();
         let previous = self.manifest(&id).await.ok().flatten();
-        let (chunks, manifest) = {
+        let entry = {
             let race = race.clone();
             let compression = self.compression;
             let content = content.to_owned();
-            tokio::task::spawn_blocking(move || split(&race, compression, content))
+            tokio::task::spawn_blocking(move || encode_entry(&race, compression, &content))
                 .await
                 .map_err(|e| CacheError::Io(io::Error::other(e)))??
         };
-        let stored: usize = chunks.iter().map(Bytes::len).sum();
-        let chunk_items: Vec<(String, Bytes)> = chunks
+        let stored: usize = entry.chunks.iter().map(Bytes::len).sum();
+        let chunk_items: Vec<(String, Bytes)> = entry
+            .chunks
             .into_iter()
             .enumerate()
             .map(|(n, bytes)| (self.chunk_key(&id, content, n), bytes))
@@ -316,12 +321,10 @@ impl RaceCache {
         for batch in chunk_items.chunks(CHUNKS_PER_REQUEST) {
             self.store.set(batch.to_vec()).await?;
         }
-        let meta = crate::encode::to_compact_msgpack(&*race.meta);
-        let manifest = crate::encode::to_compact_msgpack(&manifest);
         self.store
             .set(vec![
-                (self.race_key(&id, "meta"), Bytes::from(meta)),
-                (self.race_key(&id, "manifest"), Bytes::from(manifest)),
+                (self.race_key(&id, "meta"), entry.meta),
+                (self.race_key(&id, "manifest"), entry.manifest),
             ])
             .await?;
         self.store.add_member(self.key("races"), id.clone()).await?;
@@ -372,6 +375,13 @@ impl EntryHead {
             rmp_serde::from_slice(manifest).map_err(|e| corrupt(manifest_key, e))?;
         if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
             return Ok(None);
+        }
+        let crc = crc32fast::hash(meta);
+        if crc != manifest.meta_crc {
+            return Err(corrupt(
+                meta_key,
+                format!("checksum {crc:08x}, manifest says {:08x}", manifest.meta_crc),
+            ));
         }
         let meta = decode_meta(id, meta_key, meta)?;
         let total = check_manifest(&meta, &manifest, max_bytes)
@@ -545,11 +555,38 @@ pub fn file_content_id(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Cuts a race into chunks of [`CHUNK_FRAMES`] frames (plain frame bytes, then compressed).
+/// The stored values of one cache entry, as [`RaceCache::store`] writes them and
+/// [`decode_entry`] reads them back.
+#[derive(Debug, Clone)]
+pub struct EntryValues {
+    pub manifest: Bytes,
+    pub meta: Bytes,
+    /// Chunk `n` holds frames `n * CHUNK_FRAMES ..`.
+    pub chunks: Vec<Bytes>,
+}
+
+/// Encodes a race as cache values for source content `content` (see [`content_id`]).
+pub fn encode_entry(
+    race: &EncodedRace,
+    compression: Compression,
+    content: &str,
+) -> Result<EntryValues, CacheError> {
+    let meta = crate::encode::to_compact_msgpack(&*race.meta);
+    let (chunks, manifest) = split(race, compression, content.to_owned(), &meta)?;
+    Ok(EntryValues {
+        manifest: Bytes::from(crate::encode::to_compact_msgpack(&manifest)),
+        meta: Bytes::from(meta),
+        chunks,
+    })
+}
+
+/// Cuts a race into chunks of [`CHUNK_FRAMES`] frames (plain frame bytes, then compressed);
+/// `meta` is the metadata as stored.
 fn split(
     race: &EncodedRace,
     compression: Compression,
     content: String,
+    meta: &[u8],
 ) -> Result<(Vec<Bytes>, Manifest), CacheError> {
     let total = race.total_frames();
     let mut chunks = Vec::new();
@@ -577,6 +614,7 @@ fn split(
         compression,
         chunks: infos,
         frame_lengths,
+        meta_crc: crc32fast::hash(meta),
     };
     Ok((chunks, manifest))
 }
