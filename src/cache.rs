@@ -1178,15 +1178,15 @@ mod tests {
         let mut manifest: Manifest = rmp_serde::from_slice(stored[0].as_ref().unwrap()).unwrap();
         let mut meta = (*race.meta).clone();
         damage(&mut manifest, &mut meta);
+        // A hostile writer keeps the metadata's checksum consistent with what it wrote.
+        let meta = crate::encode::to_compact_msgpack(&meta);
+        manifest.meta_crc = crc32fast::hash(&meta);
         let items = vec![
             (
                 key,
                 Bytes::from(crate::encode::to_compact_msgpack(&manifest)),
             ),
-            (
-                cache.race_key("unit", "meta"),
-                Bytes::from(crate::encode::to_compact_msgpack(&meta)),
-            ),
+            (cache.race_key("unit", "meta"), Bytes::from(meta)),
         ];
         cache.store.set(items).await.unwrap();
         cache.load("unit", None, 1 << 30).await
