@@ -380,7 +380,10 @@ impl EntryHead {
         if crc != manifest.meta_crc {
             return Err(corrupt(
                 meta_key,
-                format!("checksum {crc:08x}, manifest says {:08x}", manifest.meta_crc),
+                format!(
+                    "checksum {crc:08x}, manifest says {:08x}",
+                    manifest.meta_crc
+                ),
             ));
         }
         let meta = decode_meta(id, meta_key, meta)?;

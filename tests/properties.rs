@@ -333,8 +333,14 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<i64>().prop_map(|i| json!(i)),
         any::<u64>().prop_map(|i| json!(i)),
         (0u32..200_000).prop_map(|i| json!(i)),
-        prop_oneof![Just(0.0f64), Just(0.25), Just(16.0), Just(16.000001), Just(-0.0)]
-            .prop_map(|f| json!(f)),
+        prop_oneof![
+            Just(0.0f64),
+            Just(0.25),
+            Just(16.0),
+            Just(16.000001),
+            Just(-0.0)
+        ]
+        .prop_map(|f| json!(f)),
         ".{0,8}".prop_map(Value::String),
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -575,9 +581,15 @@ fn the_small_race_is_a_valid_race() {
     let (read_meta, read_frames) = read_all(small_file()).unwrap();
     assert_eq!(&read_meta, meta);
     assert_eq!(&read_frames, frames);
-    assert!(small_file().len() < 32 << 10, "{} bytes", small_file().len());
+    assert!(
+        small_file().len() < 32 << 10,
+        "{} bytes",
+        small_file().len()
+    );
     for compression in [Compression::None, Compression::Zstd] {
-        let race = Entry::of(small_encoded(), compression).decode(1 << 20).unwrap();
+        let race = Entry::of(small_encoded(), compression)
+            .decode(1 << 20)
+            .unwrap();
         assert!(same_race(&race.unwrap(), small_encoded()));
     }
 }
@@ -595,7 +607,11 @@ fn write_fuzz_seeds() {
     };
     let tiny = cut_race(3);
     write("race_file", "small-60-frames", small_file());
-    write("race_file", "tiny-3-frames", &race_file_bytes(&tiny.0, &tiny.1));
+    write(
+        "race_file",
+        "tiny-3-frames",
+        &race_file_bytes(&tiny.0, &tiny.1),
+    );
 
     // Two chunks, so the chunk boundary is exercised too.
     let long = cut_race(CHUNK_FRAMES + 5);
@@ -612,9 +628,21 @@ fn write_fuzz_seeds() {
         out
     };
     let tiny_encoded = encoded(&tiny.0, &tiny.1);
-    write("cache_entry", "small-plain", &entry_input(small_encoded(), Compression::None, 1));
-    write("cache_entry", "small-zstd", &entry_input(small_encoded(), Compression::Zstd, 0));
-    write("cache_entry", "tiny-plain", &entry_input(&tiny_encoded, Compression::None, 0));
+    write(
+        "cache_entry",
+        "small-plain",
+        &entry_input(small_encoded(), Compression::None, 1),
+    );
+    write(
+        "cache_entry",
+        "small-zstd",
+        &entry_input(small_encoded(), Compression::Zstd, 0),
+    );
+    write(
+        "cache_entry",
+        "tiny-plain",
+        &entry_input(&tiny_encoded, Compression::None, 0),
+    );
     write(
         "cache_entry",
         "two-chunks-zstd",
@@ -636,24 +664,60 @@ fn write_fuzz_seeds() {
         r#"{"cmd":"time","t0":1712345678901.5}"#,
     ];
     for (n, command) in commands.iter().enumerate() {
-        write("ws_input", &format!("command-{n}"), &ws(6, 3, 28_191, command.as_bytes()));
+        write(
+            "ws_input",
+            &format!("command-{n}"),
+            &ws(6, 3, 28_191, command.as_bytes()),
+        );
     }
     // A masked text frame, a fragmented message with a ping between, a 64-bit length.
     let mut stream = Vec::new();
     for frame in [
-        WsFrame { first: 0x81, masked: true, len: 14, encoding: 0 },
-        WsFrame { first: 0x01, masked: true, len: 300, encoding: 1 },
-        WsFrame { first: 0x89, masked: true, len: 4, encoding: 0 },
-        WsFrame { first: 0x80, masked: true, len: 70, encoding: 2 },
+        WsFrame {
+            first: 0x81,
+            masked: true,
+            len: 14,
+            encoding: 0,
+        },
+        WsFrame {
+            first: 0x01,
+            masked: true,
+            len: 300,
+            encoding: 1,
+        },
+        WsFrame {
+            first: 0x89,
+            masked: true,
+            len: 4,
+            encoding: 0,
+        },
+        WsFrame {
+            first: 0x80,
+            masked: true,
+            len: 70,
+            encoding: 2,
+        },
     ] {
         frame.bytes(&mut stream);
     }
     write("ws_input", "frames", &ws(6, 17, 100, &stream));
 
-    write("window", "window-3", &window_message(small_encoded(), 7, &[0, 1, 2]));
-    write("window", "window-empty", &window_message(small_encoded(), 0, &[]));
+    write(
+        "window",
+        "window-3",
+        &window_message(small_encoded(), 7, &[0, 1, 2]),
+    );
+    write(
+        "window",
+        "window-empty",
+        &window_message(small_encoded(), 0, &[]),
+    );
     write("window", "frame-0", &small_encoded().frame(0).unwrap());
-    write("window", "frame-last", &small_encoded().frame(SMALL_FRAMES - 1).unwrap());
+    write(
+        "window",
+        "frame-last",
+        &small_encoded().frame(SMALL_FRAMES - 1).unwrap(),
+    );
 }
 
 /// Found by `a_damaged_cache_entry_reads_identically_or_is_refused`: metadata has no checksum
@@ -668,7 +732,10 @@ fn cached_metadata_damaged_into_other_valid_metadata_is_refused() {
         .position(|w| w == b"Fuzz")
         .expect("the name is stored");
     entry.meta[at + 3] ^= 0x01;
-    let err = entry.decode(1 << 20).err().expect("damaged metadata is refused");
+    let err = entry
+        .decode(1 << 20)
+        .err()
+        .expect("damaged metadata is refused");
     assert!(
         matches!(&err, CacheError::Corrupt { key, reason } if key == "meta" && reason.contains("checksum")),
         "{err}"

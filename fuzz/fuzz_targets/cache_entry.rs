@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(race.id(), "fuzz");
         assert!(race.encoded_bytes() as u64 <= MAX_BYTES);
         for i in 0..race.total_frames() {
-            let frame = race.frame(i).expect("every frame of a decoded race is there");
+            let frame = race
+                .frame(i)
+                .expect("every frame of a decoded race is there");
             assert!(replay_hub::encode::is_wire_frame(&frame, i));
         }
         assert!(race.frame(race.total_frames()).is_none());

@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let whole = HeaderScanner::new(limit).scan(body);
     let cut = (data[1] as usize).min(body.len());
     let mut split = HeaderScanner::new(limit);
-    let parts = split.scan(&body[..cut]).and_then(|()| split.scan(&body[cut..]));
+    let parts = split
+        .scan(&body[..cut])
+        .and_then(|()| split.scan(&body[cut..]));
     assert_eq!(whole, parts);
     let mut bytewise = HeaderScanner::new(limit);
     let one_at_a_time = body.chunks(1).try_for_each(|b| bytewise.scan(b));

@@ -194,7 +194,10 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
     ];
     for (name, values) in coords {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(format!("track {name}[{i}] is {}, not a finite number", values[i]));
+            return Err(format!(
+                "track {name}[{i}] is {}, not a finite number",
+                values[i]
+            ));
         }
     }
     if let Some(s) = tr.sector.iter().find(|s| !(1..=3).contains(*s)) {
@@ -204,7 +207,9 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
         return Err(format!("track length_m {} is not positive", tr.length_m));
     }
     let b = &tr.bounds;
-    if ![b.x_min, b.x_max, b.y_min, b.y_max].iter().all(|v| v.is_finite())
+    if ![b.x_min, b.x_max, b.y_min, b.y_max]
+        .iter()
+        .all(|v| v.is_finite())
         || !(b.x_min <= b.x_max && b.y_min <= b.y_max)
     {
         return Err(format!("track bounds {b:?} are empty"));
