@@ -21,8 +21,9 @@ use crate::encode::{EncodedRace, ENCODING_VERSION};
 use crate::race::RaceMeta;
 
 /// Key schema version: bump when the key layout, the manifest or the stored metadata changes
-/// (v2: the metadata carries the race's timeline, which v1 readers cannot decode).
-pub const SCHEMA: &str = "v2";
+/// (v2: the metadata carries the race's timeline, which v1 readers cannot decode; v3: the
+/// manifest carries the metadata's CRC-32).
+pub const SCHEMA: &str = "v3";
 /// Frames per chunk: about 1 MB of encoded frames per key.
 pub const CHUNK_FRAMES: u32 = 1000;
 /// Largest cached metadata accepted, as for race files.
@@ -144,6 +145,9 @@ struct Manifest {
     /// Encoded length of every frame: chunks hold nothing but frame bytes, so they decompress
     /// straight into the race's final buffer.
     frame_lengths: Vec<u32>,
+    /// CRC-32 of the stored metadata, which has no checksum of its own: damaged metadata that
+    /// still decodes (a name, a coordinate) would otherwise be served as another race.
+    meta_crc: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -256,27 +260,26 @@ impl RaceCache {
         let (Some(Some(manifest)), Some(Some(meta))) = (found.next(), found.next()) else {
             return Ok(None);
         };
-        let manifest: Manifest =
-            rmp_serde::from_slice(&manifest).map_err(|e| corrupt(&manifest_key, e))?;
-        if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
+        let Some(head) = EntryHead::decode(
+            id,
+            content,
+            (&manifest_key, &manifest),
+            (&meta_key, &meta),
+            max_bytes,
+        )?
+        else {
             return Ok(None);
-        }
-        let meta = decode_meta(id, &meta_key, &meta)?;
-        let total =
-            check_manifest(&meta, &manifest, max_bytes).map_err(|reason| CacheError::Corrupt {
-                key: manifest_key.clone(),
-                reason,
-            })?;
-        let keys: Vec<String> = (0..manifest.chunks.len())
-            .map(|n| self.chunk_key(id, &manifest.content, n))
+        };
+        let keys: Vec<String> = (0..head.chunks())
+            .map(|n| self.chunk_key(id, &head.manifest.content, n))
             .collect();
         let requests = keys
             .chunks(CHUNKS_PER_REQUEST)
-            .zip(manifest.chunks.chunks(CHUNKS_PER_REQUEST))
-            .map(|(batch, infos)| {
-                let longest = infos
-                    .iter()
-                    .map(|c| stored_bound(c.raw_len as usize, manifest.compression))
+            .enumerate()
+            .map(|(batch_no, batch)| {
+                let first = batch_no * CHUNKS_PER_REQUEST;
+                let longest = (first..first + batch.len())
+                    .map(|n| head.chunk_bound(n))
                     .max()
                     .unwrap_or(0);
                 self.store.get(batch.to_vec(), longest)
@@ -286,14 +289,11 @@ impl RaceCache {
             stored.extend(batch?);
         }
         let id = id.to_owned();
-        tokio::task::spawn_blocking(move || assemble(meta, &manifest, total, &keys, stored))
+        tokio::task::spawn_blocking(move || head.assemble(&keys, stored))
             .await
             .map_err(|e| CacheError::Io(io::Error::other(e)))?
             .map(Some)
-            .map_err(|(key, reason)| {
-                tracing::warn!(race = %id, %key, %reason, "corrupt cache entry");
-                CacheError::Corrupt { key, reason }
-            })
+            .inspect_err(|err| tracing::warn!(race = %id, %err, "corrupt cache entry"))
     }
 
     /// Writes a race: chunks first, then metadata and manifest, then the index, so a reader
@@ -303,16 +303,17 @@ impl RaceCache {
         let id = race.id().to_owned();
         let started = Instant::now();
         let previous = self.manifest(&id).await.ok().flatten();
-        let (chunks, manifest) = {
+        let entry = {
             let race = race.clone();
             let compression = self.compression;
             let content = content.to_owned();
-            tokio::task::spawn_blocking(move || split(&race, compression, content))
+            tokio::task::spawn_blocking(move || encode_entry(&race, compression, &content))
                 .await
                 .map_err(|e| CacheError::Io(io::Error::other(e)))??
         };
-        let stored: usize = chunks.iter().map(Bytes::len).sum();
-        let chunk_items: Vec<(String, Bytes)> = chunks
+        let stored: usize = entry.chunks.iter().map(Bytes::len).sum();
+        let chunk_items: Vec<(String, Bytes)> = entry
+            .chunks
             .into_iter()
             .enumerate()
             .map(|(n, bytes)| (self.chunk_key(&id, content, n), bytes))
@@ -320,12 +321,10 @@ impl RaceCache {
         for batch in chunk_items.chunks(CHUNKS_PER_REQUEST) {
             self.store.set(batch.to_vec()).await?;
         }
-        let meta = crate::encode::to_compact_msgpack(&*race.meta);
-        let manifest = crate::encode::to_compact_msgpack(&manifest);
         self.store
             .set(vec![
-                (self.race_key(&id, "meta"), Bytes::from(meta)),
-                (self.race_key(&id, "manifest"), Bytes::from(manifest)),
+                (self.race_key(&id, "meta"), entry.meta),
+                (self.race_key(&id, "manifest"), entry.manifest),
             ])
             .await?;
         self.store.add_member(self.key("races"), id.clone()).await?;
@@ -348,6 +347,106 @@ impl RaceCache {
         );
         Ok(())
     }
+}
+
+/// A cache entry's manifest and metadata, decoded and cross-checked against each other: every
+/// length the entry claims is known to be plausible, so its chunks can be fetched and assembled.
+/// [`RaceCache::load`] reads entries through it, and so does [`decode_entry`].
+pub struct EntryHead {
+    meta: RaceMeta,
+    manifest: Manifest,
+    /// Bytes of all frames together, within the memory limit given to [`EntryHead::decode`].
+    total: u64,
+}
+
+impl EntryHead {
+    /// Decodes race `id`'s stored manifest and metadata, each given with its key (for errors).
+    /// `Ok(None)` when the entry belongs to another encoding or, when `content` is given, to
+    /// other content: a miss. Damage, or an entry that would take more than `max_bytes`, is a
+    /// `Corrupt` error.
+    pub fn decode(
+        id: &str,
+        content: Option<&str>,
+        (manifest_key, manifest): (&str, &[u8]),
+        (meta_key, meta): (&str, &[u8]),
+        max_bytes: u64,
+    ) -> Result<Option<Self>, CacheError> {
+        let manifest: Manifest =
+            rmp_serde::from_slice(manifest).map_err(|e| corrupt(manifest_key, e))?;
+        if manifest.encoding != ENCODING_VERSION || content.is_some_and(|c| c != manifest.content) {
+            return Ok(None);
+        }
+        let crc = crc32fast::hash(meta);
+        if crc != manifest.meta_crc {
+            return Err(corrupt(
+                meta_key,
+                format!(
+                    "checksum {crc:08x}, manifest says {:08x}",
+                    manifest.meta_crc
+                ),
+            ));
+        }
+        let meta = decode_meta(id, meta_key, meta)?;
+        let total = check_manifest(&meta, &manifest, max_bytes)
+            .map_err(|reason| corrupt(manifest_key, reason))?;
+        Ok(Some(Self {
+            meta,
+            manifest,
+            total,
+        }))
+    }
+
+    /// How many chunks the entry has.
+    pub fn chunks(&self) -> usize {
+        self.manifest.chunks.len()
+    }
+
+    /// The most stored bytes chunk `n` may take; longer values are damage, refused unread.
+    pub fn chunk_bound(&self, n: usize) -> usize {
+        self.manifest.chunks.get(n).map_or(0, |c| {
+            stored_bound(c.raw_len as usize, self.manifest.compression)
+        })
+    }
+
+    /// Checks the stored chunks (`stored[n]` under `keys[n]`; a missing one is `None`) and
+    /// builds the race from them.
+    pub fn assemble(
+        self,
+        keys: &[String],
+        stored: Vec<Option<Bytes>>,
+    ) -> Result<EncodedRace, CacheError> {
+        assemble(self.meta, &self.manifest, self.total, keys, stored)
+            .map_err(|(key, reason)| CacheError::Corrupt { key, reason })
+    }
+}
+
+/// Decodes a whole cache entry from its stored values, as [`RaceCache::load`] does once it has
+/// fetched them: `chunks[n]` is the value of chunk `n` (`None`, or absent, when missing). The
+/// pure form of a load, for tests and fuzzing; errors name the keys `manifest`, `meta` and
+/// `chunk:N`.
+pub fn decode_entry(
+    id: &str,
+    content: Option<&str>,
+    manifest: &[u8],
+    meta: &[u8],
+    chunks: &[Option<Bytes>],
+    max_bytes: u64,
+) -> Result<Option<EncodedRace>, CacheError> {
+    let Some(head) = EntryHead::decode(
+        id,
+        content,
+        ("manifest", manifest),
+        ("meta", meta),
+        max_bytes,
+    )?
+    else {
+        return Ok(None);
+    };
+    let keys: Vec<String> = (0..head.chunks()).map(|n| format!("chunk:{n}")).collect();
+    let stored = (0..head.chunks())
+        .map(|n| chunks.get(n).cloned().flatten())
+        .collect();
+    head.assemble(&keys, stored).map(Some)
 }
 
 fn corrupt(key: &str, err: impl std::fmt::Display) -> CacheError {
@@ -459,11 +558,38 @@ pub fn file_content_id(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Cuts a race into chunks of [`CHUNK_FRAMES`] frames (plain frame bytes, then compressed).
+/// The stored values of one cache entry, as [`RaceCache::store`] writes them and
+/// [`decode_entry`] reads them back.
+#[derive(Debug, Clone)]
+pub struct EntryValues {
+    pub manifest: Bytes,
+    pub meta: Bytes,
+    /// Chunk `n` holds frames `n * CHUNK_FRAMES ..`.
+    pub chunks: Vec<Bytes>,
+}
+
+/// Encodes a race as cache values for source content `content` (see [`content_id`]).
+pub fn encode_entry(
+    race: &EncodedRace,
+    compression: Compression,
+    content: &str,
+) -> Result<EntryValues, CacheError> {
+    let meta = crate::encode::to_compact_msgpack(&*race.meta);
+    let (chunks, manifest) = split(race, compression, content.to_owned(), &meta)?;
+    Ok(EntryValues {
+        manifest: Bytes::from(crate::encode::to_compact_msgpack(&manifest)),
+        meta: Bytes::from(meta),
+        chunks,
+    })
+}
+
+/// Cuts a race into chunks of [`CHUNK_FRAMES`] frames (plain frame bytes, then compressed);
+/// `meta` is the metadata as stored.
 fn split(
     race: &EncodedRace,
     compression: Compression,
     content: String,
+    meta: &[u8],
 ) -> Result<(Vec<Bytes>, Manifest), CacheError> {
     let total = race.total_frames();
     let mut chunks = Vec::new();
@@ -491,6 +617,7 @@ fn split(
         compression,
         chunks: infos,
         frame_lengths,
+        meta_crc: crc32fast::hash(meta),
     };
     Ok((chunks, manifest))
 }
@@ -1054,15 +1181,15 @@ mod tests {
         let mut manifest: Manifest = rmp_serde::from_slice(stored[0].as_ref().unwrap()).unwrap();
         let mut meta = (*race.meta).clone();
         damage(&mut manifest, &mut meta);
+        // A hostile writer keeps the metadata's checksum consistent with what it wrote.
+        let meta = crate::encode::to_compact_msgpack(&meta);
+        manifest.meta_crc = crc32fast::hash(&meta);
         let items = vec![
             (
                 key,
                 Bytes::from(crate::encode::to_compact_msgpack(&manifest)),
             ),
-            (
-                cache.race_key("unit", "meta"),
-                Bytes::from(crate::encode::to_compact_msgpack(&meta)),
-            ),
+            (cache.race_key("unit", "meta"), Bytes::from(meta)),
         ];
         cache.store.set(items).await.unwrap();
         cache.load("unit", None, 1 << 30).await

@@ -184,6 +184,22 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
             "track {name} has {len} points but centre_x has {n}"
         ));
     }
+    let coords = [
+        ("centre_x", &tr.centre_x),
+        ("centre_y", &tr.centre_y),
+        ("inner_x", &tr.inner_x),
+        ("inner_y", &tr.inner_y),
+        ("outer_x", &tr.outer_x),
+        ("outer_y", &tr.outer_y),
+    ];
+    for (name, values) in coords {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "track {name}[{i}] is {}, not a finite number",
+                values[i]
+            ));
+        }
+    }
     if let Some(s) = tr.sector.iter().find(|s| !(1..=3).contains(*s)) {
         return Err(format!("track sector value {s} is not 1, 2 or 3"));
     }
@@ -191,7 +207,11 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
         return Err(format!("track length_m {} is not positive", tr.length_m));
     }
     let b = &tr.bounds;
-    if !(b.x_min <= b.x_max && b.y_min <= b.y_max) {
+    if ![b.x_min, b.x_max, b.y_min, b.y_max]
+        .iter()
+        .all(|v| v.is_finite())
+        || !(b.x_min <= b.x_max && b.y_min <= b.y_max)
+    {
         return Err(format!("track bounds {b:?} are empty"));
     }
     let mut prev_start = f64::NEG_INFINITY;
