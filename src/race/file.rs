@@ -207,11 +207,11 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
         return Err(format!("track length_m {} is not positive", tr.length_m));
     }
     let b = &tr.bounds;
-    if ![b.x_min, b.x_max, b.y_min, b.y_max]
+    let finite = [b.x_min, b.x_max, b.y_min, b.y_max]
         .iter()
-        .all(|v| v.is_finite())
-        || !(b.x_min <= b.x_max && b.y_min <= b.y_max)
-    {
+        .all(|v| v.is_finite());
+    let ordered = b.x_min <= b.x_max && b.y_min <= b.y_max;
+    if !(finite && ordered) {
         return Err(format!("track bounds {b:?} are empty"));
     }
     let mut prev_start = f64::NEG_INFINITY;
