@@ -740,8 +740,7 @@ fn cached_metadata_damaged_into_other_valid_metadata_is_refused() {
     entry.meta[at + 3] ^= 0x01;
     let err = entry
         .decode(1 << 20)
-        .err()
-        .expect("damaged metadata is refused");
+        .expect_err("damaged metadata is refused");
     assert!(
         matches!(&err, CacheError::Corrupt { key, reason } if key == "meta" && reason.contains("checksum")),
         "{err}"
