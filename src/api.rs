@@ -27,6 +27,7 @@ use crate::hub::{
 use crate::metrics::Metrics;
 use crate::outlet::{Outlet, Wire};
 use crate::viewer::{Viewer, ViewerLimits};
+use crate::window_codec::WindowEncoding;
 
 /// What every handler shares: the hub's address and the limits from the config.
 #[derive(Clone)]
@@ -402,6 +403,8 @@ struct WsQuery {
     token: Option<String>,
     #[serde(default)]
     mode: Mode,
+    /// Look-ahead window encodings the client accepts, in its order of preference.
+    enc: Option<String>,
 }
 
 async fn websocket(
@@ -412,6 +415,16 @@ async fn websocket(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let id = id.into_inner();
+    let encoding = match query.enc.as_deref() {
+        None => WindowEncoding::default(),
+        Some(accepted) => WindowEncoding::negotiate(accepted).ok_or_else(|| {
+            let known: Vec<&str> = WindowEncoding::ALL.iter().map(|e| e.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "enc={accepted:?} names no window encoding this hub speaks; it speaks {}",
+                known.join(", ")
+            ))
+        })?,
+    };
     let (session, token_sha256) = state
         .hub
         .send(FindSession(id.clone()))
@@ -440,7 +453,7 @@ async fn websocket(
     Viewer::start(
         session,
         state.metrics.clone(),
-        (can_control, query.mode),
+        (can_control, query.mode, encoding),
         state.viewer_limits.clone(),
         stream,
         wire.clone(),

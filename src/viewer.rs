@@ -26,6 +26,7 @@ use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
 use crate::outlet::{Out, Subscription, Wire};
 use crate::session::{Control, DeliveryStats, Ended, Join, Joined, Leave, Request, Session};
+use crate::window_codec::WindowEncoding;
 
 /// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
 pub mod close_code {
@@ -55,6 +56,7 @@ pub struct Viewer {
     gone: Disconnect,
     can_control: bool,
     mode: Mode,
+    encoding: WindowEncoding,
     limits: ViewerLimits,
     stream: Option<AggregatedMessageStream>,
     /// To the socket writer; messages on it are bounded by [`MAX_OUTBOX`].
@@ -88,7 +90,7 @@ impl Viewer {
     pub fn start(
         session: Addr<Session>,
         metrics: Arc<Metrics>,
-        (can_control, mode): (bool, Mode),
+        (can_control, mode, encoding): (bool, Mode, WindowEncoding),
         limits: ViewerLimits,
         stream: AggregatedMessageStream,
         wire: Rc<Wire>,
@@ -101,6 +103,7 @@ impl Viewer {
             gone: Disconnect::Client,
             can_control,
             mode,
+            encoding,
             limits,
             stream: Some(stream),
             wire,
@@ -126,6 +129,7 @@ impl Viewer {
             can_control: self.can_control,
             mode: self.mode.as_str(),
             window_ms: joined.window.map(|w| w.as_millis() as u64),
+            encoding: joined.window.map(|_| self.encoding.as_str()),
             state: joined.state,
         });
         self.metrics.viewers.inc();
@@ -331,6 +335,7 @@ impl Actor for Viewer {
         let join = Join {
             ended: ctx.address().recipient(),
             mode: self.mode,
+            encoding: self.encoding,
         };
         ctx.wait(
             self.session
