@@ -273,6 +273,60 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedWindow, Code
     })
 }
 
+/// The first value of `got` further than half a quantisation step from the same value of
+/// `want` (plus the float32 rounding of the value itself), described; `None` when every value
+/// of every car is within its step. What tests hold decoded windows to.
+pub fn first_mismatch(got: &DecodedFrame, want: &DecodedFrame) -> Option<String> {
+    if got.i != want.i || got.lap != want.lap || got.drivers.len() != want.drivers.len() {
+        return Some(format!(
+            "frame {} (lap {}, {} cars) against frame {} (lap {}, {} cars)",
+            got.i,
+            got.lap,
+            got.drivers.len(),
+            want.i,
+            want.lap,
+            want.drivers.len()
+        ));
+    }
+    if (got.t - want.t).abs() > 0.5 / T_SCALE + 1e-9 {
+        return Some(format!("frame {}: t {} against {}", want.i, got.t, want.t));
+    }
+    for (car, (g, w)) in got.drivers.iter().zip(&want.drivers).enumerate() {
+        for (field, &(name, scale)) in QUANTA.iter().enumerate() {
+            let (a, b) = (real_value(g, field), real_value(w, field));
+            let bound = 0.5 / scale + b.abs() * f64::from(f32::EPSILON) + 1e-9;
+            if (a - b).abs() > bound {
+                return Some(format!(
+                    "frame {} car {car} {name}: {a} against {b} (at most {bound} apart)",
+                    want.i
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Field `field` of a car as a number, unquantised.
+fn real_value(car: &DriverFrame, field: usize) -> f64 {
+    match field {
+        0 => f64::from(car.x),
+        1 => f64::from(car.y),
+        2 => f64::from(car.speed),
+        3 => f64::from(car.gear),
+        4 => f64::from(car.throttle),
+        5 => f64::from(car.brake),
+        6 => f64::from(car.drs),
+        7 => f64::from(car.lap),
+        8 => f64::from(car.position),
+        9 => f64::from(car.tyre),
+        10 => f64::from(car.dist),
+        11 => f64::from(car.rel_dist),
+        12 => f64::from(car.gap_to_leader),
+        13 => f64::from(car.gap_to_previous),
+        _ => f64::from(u8::from(car.status)),
+    }
+}
+
 struct Header {
     epoch: u64,
     indices: Vec<u32>,
@@ -517,47 +571,8 @@ mod tests {
 
     /// Asserts every value of `got` is within half a quantisation step of `want`.
     fn assert_within_quanta(got: &DecodedFrame, want: &DecodedFrame) {
-        assert_eq!(got.i, want.i);
-        assert_eq!(got.lap, want.lap);
-        assert!(
-            (got.t - want.t).abs() <= 0.5 / T_SCALE + 1e-9,
-            "t {} vs {}",
-            got.t,
-            want.t
-        );
-        assert_eq!(got.drivers.len(), want.drivers.len());
-        for (g, w) in got.drivers.iter().zip(&want.drivers) {
-            for field in 0..QUANTA.len() {
-                let (name, scale) = QUANTA[field];
-                let (a, b) = (real_field(g, field), real_field(w, field));
-                // Half a step, plus the float32 rounding of the value itself.
-                let bound = 0.5 / scale + b.abs() * f64::from(f32::EPSILON) + 1e-9;
-                assert!(
-                    (a - b).abs() <= bound,
-                    "frame {} {name}: {a} vs {b} (bound {bound})",
-                    want.i
-                );
-            }
-        }
-    }
-
-    fn real_field(car: &DriverFrame, field: usize) -> f64 {
-        match field {
-            0 => f64::from(car.x),
-            1 => f64::from(car.y),
-            2 => f64::from(car.speed),
-            3 => f64::from(car.gear),
-            4 => f64::from(car.throttle),
-            5 => f64::from(car.brake),
-            6 => f64::from(car.drs),
-            7 => f64::from(car.lap),
-            8 => f64::from(car.position),
-            9 => f64::from(car.tyre),
-            10 => f64::from(car.dist),
-            11 => f64::from(car.rel_dist),
-            12 => f64::from(car.gap_to_leader),
-            13 => f64::from(car.gap_to_previous),
-            _ => f64::from(u8::from(car.status)),
+        if let Some(mismatch) = first_mismatch(got, want) {
+            panic!("{mismatch}");
         }
     }
 
