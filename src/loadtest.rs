@@ -153,6 +153,8 @@ pub struct Report {
     pub fps_p50: f64,
     pub fps_min: f64,
     pub bytes_per_second: f64,
+    /// Bytes on the wire (WebSocket payloads) per frame of content received.
+    pub bytes_per_frame: f64,
     pub out_of_order: u64,
     /// Time between consecutive frames at one viewer, in ms.
     pub gap_p50_ms: f64,
@@ -328,6 +330,11 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         fps_p50: fps.get(fps.len() / 2).copied().unwrap_or(0.0),
         fps_min: fps.first().copied().unwrap_or(0.0),
         bytes_per_second: bytes as f64 / elapsed,
+        bytes_per_frame: if delivered > 0 {
+            bytes as f64 / delivered as f64
+        } else {
+            0.0
+        },
         out_of_order: counters
             .iter()
             .map(|c| c.out_of_order.load(Ordering::Relaxed))
@@ -712,8 +719,10 @@ impl Report {
                 self.fps_p50, self.fps_min
             ),
             format!(
-                "received                {:.2} MB/s",
-                self.bytes_per_second / 1e6
+                "received                {:.2} MB/s ({:.0} B per frame of content, {:.2} KB/s per viewer)",
+                self.bytes_per_second / 1e6,
+                self.bytes_per_frame,
+                self.bytes_per_second / 1e3 / self.connected.max(1) as f64
             ),
             format!("out-of-order frames     {}", self.out_of_order),
             format!(
