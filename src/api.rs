@@ -284,6 +284,8 @@ fn revalidated(req: &HttpRequest, etag: &str, body: bytes::Bytes) -> HttpRespons
 struct FrameRange {
     from: u32,
     to: u32,
+    /// `qdelta1`: the frames as one compact window (epoch 0) instead of a msgpack array.
+    enc: Option<String>,
 }
 
 async fn race_frames(
@@ -298,7 +300,16 @@ async fn race_frames(
         .send(GetRace(race.clone()))
         .await?
         .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
-    let FrameRange { from, to } = range.into_inner();
+    let FrameRange { from, to, enc } = range.into_inner();
+    let compact = match enc.as_deref() {
+        None | Some("msgpack") => false,
+        Some("qdelta1") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "enc={other:?} is not msgpack or qdelta1"
+            )))
+        }
+    };
     let total = entry.meta.total_frames;
     let max = state.max_frames_per_request;
     if from >= to || to > total {
@@ -312,12 +323,30 @@ async fn race_frames(
             to - from
         )));
     }
+    let window_limit = crate::window_codec::DecodeLimits::default().max_frames as u32;
+    if compact && to - from > window_limit {
+        return Err(ApiError::BadRequest(format!(
+            "range of {} frames is over the limit of {window_limit} per compact window",
+            to - from
+        )));
+    }
     let encoded = state.hub.send(LoadRace(race)).await??;
     if encoded.total_frames() != total {
         return Err(ApiError::Internal(format!(
             "race {:?} changed while it loaded; ask again",
             encoded.id()
         )));
+    }
+    if compact {
+        let indices: Vec<u32> = (from..to).collect();
+        let body = web::block(move || crate::window_codec::encode_frames(&encoded, 0, &indices))
+            .await
+            .map_err(|e| ApiError::Internal(format!("compact window: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("compact window: {e}")))?;
+        return Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+            .body(body));
     }
     Ok(HttpResponse::Ok()
         .content_type("application/msgpack")

@@ -14,9 +14,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::broker::{Broker, SessionRecord};
-use crate::encode::{
-    decode_frame, state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState,
-};
+use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState};
 use crate::feed::{Broadcast, FeedHandle, Mode};
 use crate::metrics::Metrics;
 use crate::race::FPS;
@@ -912,19 +910,13 @@ impl Session {
         );
     }
 
-    /// The `qdelta1` form of a window: the race's frames decoded, quantised, delta-coded and
-    /// deflated, once per window for every viewer of the encoding.
+    /// The `qdelta1` form of a window, built once for every viewer of the encoding.
     fn compact_window(
         &self,
         epoch: u64,
         indices: &[u32],
     ) -> Result<Bytes, window_codec::CodecError> {
-        let frames = indices
-            .iter()
-            .filter_map(|&i| self.race.frame(i))
-            .map(|bytes| decode_frame(&bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        window_codec::encode(epoch, &frames)
+        window_codec::encode_frames(&self.race, epoch, indices)
     }
 
     fn viewers_changed(&self) {

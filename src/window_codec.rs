@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 
 use bytes::Bytes;
 
-use crate::encode::{DecodedFrame, DecodedWindow};
+use crate::encode::{decode_frame, DecodedFrame, DecodedWindow, EncodedRace};
 use crate::race::{DriverFrame, DriverStatus};
 
 /// First byte of a compact window. 0xC1 is never valid msgpack, so a compact window can be
@@ -180,21 +180,38 @@ pub fn encode(epoch: u64, frames: &[DecodedFrame]) -> Result<Bytes, CodecError> 
     let mut body = Vec::with_capacity(frames.len() * (2 + cars * QUANTA.len()) * 2);
     let mut column = Vec::with_capacity(frames.len());
     column.extend(frames.iter().map(|f| quantise(f.t, T_SCALE)));
-    put_column(&mut body, &mut column);
+    put_column(&mut body, &column);
     column.clear();
     column.extend(frames.iter().map(|f| i64::from(f.lap)));
-    put_column(&mut body, &mut column);
+    put_column(&mut body, &column);
     for field in 0..QUANTA.len() {
         for car in 0..cars {
             column.clear();
             column.extend(frames.iter().map(|f| field_value(&f.drivers[car], field)));
-            put_column(&mut body, &mut column);
+            put_column(&mut body, &column);
         }
     }
     put_varint(&mut out, body.len() as u64);
     let mut deflate = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(LEVEL));
     deflate.write_all(&body)?;
     Ok(Bytes::from(deflate.finish()?))
+}
+
+/// The `qdelta1` window of frames `indices` of an encoded race: its frames decoded from the
+/// race's shared buffer, then [`encode`]d. What a session builds once per window, and what the
+/// frames endpoint serves with `enc=qdelta1`.
+pub fn encode_frames(race: &EncodedRace, epoch: u64, indices: &[u32]) -> Result<Bytes, CodecError> {
+    let frames = indices
+        .iter()
+        .map(|&i| {
+            let bytes = race.frame(i).ok_or(CodecError::Indices(format!(
+                "frame {i} is not in the race ({} frames)",
+                race.total_frames()
+            )))?;
+            Ok(decode_frame(&bytes)?)
+        })
+        .collect::<Result<Vec<_>, CodecError>>()?;
+    encode(epoch, &frames)
 }
 
 /// Reads a compact window's epoch and frame indices from its header, without inflating it:
@@ -468,7 +485,7 @@ fn set_field(car: &mut DriverFrame, field: usize, value: i64) -> Result<(), Code
 
 /// Writes one column: its difference order, then its values differenced that many times (each
 /// pass keeps the first value), as zigzag varints. The order is whichever is shortest.
-fn put_column(out: &mut Vec<u8>, values: &mut [i64]) {
+fn put_column(out: &mut Vec<u8>, values: &[i64]) {
     let mut best = (cost(values), 0u8, values.to_vec());
     let mut work = values.to_vec();
     for order in 1..=MAX_ORDER {
@@ -549,7 +566,6 @@ fn get_varint(rd: &mut &[u8]) -> Result<u64, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::{decode_frame, EncodedRace};
     use crate::race::{generate, GenParams, DRIVER_FIELDS};
 
     fn race(laps: u16) -> EncodedRace {
