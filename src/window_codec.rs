@@ -7,8 +7,8 @@
 //!
 //! Every value is quantised to a fixed step (1 cm, 0.1 km/h, 1 ms, ...: [`QUANTA`]), so it is an
 //! integer. The window is laid out column by column (all frames of one value of one car in a
-//! row), the first frame whole and the others as first or second differences, whichever is
-//! shorter for that column, written as zigzag LEB128 varints: smooth telemetry becomes runs of
+//! row), the first frame whole and the others as first, second or third differences, whichever
+//! is shortest for that column, written as zigzag LEB128 varints: smooth telemetry becomes runs of
 //! small numbers that deflate well. The columns are compressed with raw deflate, which browsers
 //! decode natively (`DecompressionStream("deflate-raw")`).
 
@@ -33,14 +33,14 @@ pub const QUANTA: [(&str, f64); 15] = [
     ("y", 100.0),                // 1 cm
     ("speed", 10.0),             // 0.1 km/h
     ("gear", 1.0),               // exact
-    ("throttle", 10.0),          // 0.1 %
-    ("brake", 1000.0),           // 0.001
+    ("throttle", 1.0),           // 1 %
+    ("brake", 100.0),            // 0.01
     ("drs", 1.0),                // exact
     ("lap", 1.0),                // exact
     ("position", 1.0),           // exact
     ("tyre", 1.0),               // exact
     ("dist", 100.0),             // 1 cm
-    ("rel_dist", 100_000.0),     // 0.00001 of a lap (5 cm on a 5 km lap)
+    ("rel_dist", 10_000.0),      // 0.0001 of a lap (50 cm on a 5 km lap)
     ("gap_to_leader", 1000.0),   // 1 ms
     ("gap_to_previous", 1000.0), // 1 ms
     ("status", 1.0),             // exact
@@ -54,7 +54,7 @@ const MAX_QUANT: i64 = i32::MAX as i64;
 /// Deflate level: a window is compressed once per session, whatever the number of viewers.
 const LEVEL: u32 = 9;
 /// The highest difference order a column may use.
-const MAX_ORDER: u8 = 2;
+const MAX_ORDER: u8 = 3;
 
 /// How a look-ahead viewer wants its windows (`?enc=` on the WebSocket URL).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -135,7 +135,7 @@ pub enum CodecError {
         got: usize,
         expected: usize,
     },
-    #[error("column uses difference order {0}, at most 2 is defined")]
+    #[error("column uses difference order {0}, at most 3 is defined")]
     Order(u8),
     #[error("{field} value {value} does not fit its type")]
     Value { field: &'static str, value: i64 },
@@ -526,8 +526,12 @@ fn difference(values: &mut [i64]) {
     }
 }
 
+/// Bits the values need: what deflate can save on small numbers even within one varint byte.
 fn cost(values: &[i64]) -> usize {
-    values.iter().map(|&v| varint_len(zigzag(v))).sum()
+    values
+        .iter()
+        .map(|&v| 64 - zigzag(v).leading_zeros() as usize)
+        .sum()
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -672,13 +676,16 @@ mod tests {
         frames[0].drivers[0].x = 12.344_9;
         frames[0].drivers[0].speed = 287.26;
         frames[0].drivers[0].gap_to_leader = 1.2344;
-        frames[0].drivers[0].rel_dist = 0.123_456_7;
+        frames[0].drivers[0].rel_dist = 0.123_46;
         let window = decode(&encode(1, &frames).unwrap(), &DecodeLimits::default()).unwrap();
         let car = &window.frames[0].drivers[0];
         assert_eq!(car.x, 12.34_f32);
         assert_eq!(car.speed, 287.3_f32);
         assert_eq!(car.gap_to_leader, 1.234_f32);
-        assert_eq!(car.rel_dist, 0.123_46_f32);
+        assert_eq!(car.rel_dist, 0.1235_f32);
+        frames[1].drivers[0].throttle = 99.6;
+        let window = decode(&encode(1, &frames).unwrap(), &DecodeLimits::default()).unwrap();
+        assert_eq!(window.frames[1].drivers[0].throttle, 100.0);
     }
 
     #[test]

@@ -8,7 +8,7 @@ const VERSION = 1;
 const MAX_FRAMES = 1024;
 const MAX_CARS = 64;
 // round(value × scale) on the wire, in the order of the hello's `fields`.
-const SCALES = [100, 100, 10, 1, 10, 1000, 1, 1, 1, 1, 100, 100000, 1000, 1000, 1];
+const SCALES = [100, 100, 10, 1, 1, 100, 1, 1, 1, 1, 100, 10000, 1000, 1000, 1];
 const T_SCALE = 1000;
 
 class Reader {
@@ -87,7 +87,7 @@ async function inflate(bytes, limit) {
 
 function column(rd, n) {
   const order = rd.byte();
-  if (order > 2) throw new Error(`difference order ${order}`);
+  if (order > 3) throw new Error(`difference order ${order}`);
   const values = new Array(n);
   for (let k = 0; k < n; k++) values[k] = rd.zigzag();
   for (let pass = 0; pass < order; pass++) {

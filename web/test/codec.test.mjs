@@ -14,7 +14,7 @@ import { decodeBinary, decodeCompact, header } from "../src/codec.js";
 
 const BIN = process.env.REPLAY_HUB_BIN || new URL("../../target/debug/replay-hub", import.meta.url).pathname;
 // The documented steps (docs/PROTOCOL.md), in the order of the hello's fields.
-const SCALES = [100, 100, 10, 1, 10, 1000, 1, 1, 1, 1, 100, 100000, 1000, 1000, 1];
+const SCALES = [100, 100, 10, 1, 1, 100, 1, 1, 1, 1, 100, 10000, 1000, 1000, 1];
 
 let hub;
 let dataDir;
