@@ -3,7 +3,7 @@
 # session, and the load tool opens VIEWERS viewers with compact windows, spread over SOURCES
 # loopback source addresses. Prints the load tool's report and the hub's memory per viewer.
 # Environment: VIEWERS (20000), SECONDS_PER_RUN (20), SOURCES (8), ENC (qdelta1), OUT
-# (/tmp/replay-hub-scale: the JSON report and logs).
+# (/tmp/replay-hub-scale: the JSON report and logs), NO_BUILD=1 to use the release binary as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWERS=${VIEWERS:-20000}
@@ -16,7 +16,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release/replay-hub
 FDS=$((VIEWERS + 1000))
 ulimit -Hn "$FDS" 2>/dev/null || true
 ulimit -n "$FDS" || { echo "cannot raise the open-file limit to $FDS" >&2; exit 1; }
-cargo build --release --locked --bin replay-hub >&2
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub >&2
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/replay-hub-scale.XXXX)
 "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none \

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Bytes on the wire per frame of content, by delivery and window encoding, at 1×, 4× and 16×:
 # one hub (release build), a few viewers of its demo session per case, measured by the load tool.
-# Environment: SPEEDS ("1 4 16"), SECONDS_PER_RUN (10), VIEWERS (20). Prints a Markdown table.
+# Environment: SPEEDS ("1 4 16"), SECONDS_PER_RUN (10), VIEWERS (20), NO_BUILD=1 to use the
+# release binary as it is. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPEEDS=${SPEEDS:-1 4 16}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 VIEWERS=${VIEWERS:-20}
 BIN=${CARGO_TARGET_DIR:-target}/release/replay-hub
-cargo build --release --locked --bin replay-hub >&2
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub >&2
 WORK=$(mktemp -d /tmp/replay-hub-bytes.XXXX)
 "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none >"$WORK/hub.out" 2>"$WORK/hub.log" &
 HUB=$!

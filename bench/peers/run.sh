@@ -12,7 +12,8 @@
 #
 # Environment: TARGETS (default "hub-push hub-lookahead hub-compact floor node"), VIEWERS (default
 # "100 1000 2000 5000"), SECONDS_PER_RUN (20), OUT (/tmp/replay-hub-peers), FROM (5000) and
-# FRAMES (3000): the slice of the demo race the peers serve. Honours CARGO_TARGET_DIR.
+# FRAMES (3000): the slice of the demo race the peers serve, SOURCES (4): loopback source addresses
+# for the load tool, NO_BUILD=1 to use the release binaries as they are. Honours CARGO_TARGET_DIR.
 # Prints a Markdown table; each run's JSON report and logs are kept in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,7 +33,7 @@ ulimit -n 20000 || { echo "cannot raise the open-file limit to 20000" >&2; exit 
 # The load tool spreads its sockets over loopback source addresses (ephemeral ports).
 SOURCES=${SOURCES:-4}
 
-cargo build --release --locked --bin replay-hub --example floor
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub --example floor
 
 if [[ " $TARGETS " == *" node "* ]] && [[ ! -d bench/peers/node/node_modules ]]; then
   (cd bench/peers/node && npm ci --no-audit --no-fund) >&2
