@@ -542,10 +542,6 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -753,6 +749,10 @@ mod tests {
         assert_eq!(WindowEncoding::negotiate("msgpack,qdelta1"), Some(Msgpack));
         assert_eq!(WindowEncoding::negotiate("zstd-9"), None);
         assert_eq!(WindowEncoding::negotiate(""), None);
+    }
+
+    fn varint_len(v: u64) -> usize {
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
     }
 
     #[test]
