@@ -1,6 +1,7 @@
 //! The hot paths: encoding a frame; a session publishing a frame and every viewer's socket
 //! writer taking it (the whole per-viewer send path short of the socket write); and building a
-//! look-ahead window. Run with `cargo bench --bench hot_paths`; figures in BENCHMARKS.md.
+//! look-ahead window (msgpack and compact). Run with `cargo bench --bench hot_paths`; figures
+//! in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::pin::Pin;
@@ -130,6 +131,32 @@ fn window(c: &mut Criterion) {
     let indices: Vec<u32> = (1000..1025).collect();
     c.bench_function("build a 25-frame look-ahead window", |b| {
         b.iter(|| black_box(ws_binary(window_message(&race, 3, black_box(&indices)))).len())
+    });
+    // The compact form: the race's frames decoded, quantised, delta-coded and deflated.
+    c.bench_function("build a 25-frame compact (qdelta1) window", |b| {
+        b.iter(|| {
+            let frames: Vec<_> = black_box(&indices)
+                .iter()
+                .map(|&i| replay_hub::encode::decode_frame(&race.frame(i).unwrap()).unwrap())
+                .collect();
+            black_box(ws_binary(
+                replay_hub::window_codec::encode(3, &frames).unwrap(),
+            ))
+            .len()
+        })
+    });
+    let frames: Vec<_> = indices
+        .iter()
+        .map(|&i| replay_hub::encode::decode_frame(&race.frame(i).unwrap()).unwrap())
+        .collect();
+    let compact = replay_hub::window_codec::encode(3, &frames).unwrap();
+    let limits = replay_hub::window_codec::DecodeLimits::default();
+    c.bench_function("decode a 25-frame compact (qdelta1) window", |b| {
+        b.iter(|| {
+            black_box(replay_hub::window_codec::decode(black_box(&compact), &limits).unwrap())
+                .frames
+                .len()
+        })
     });
 }
 

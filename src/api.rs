@@ -28,6 +28,7 @@ use crate::hub::{
 use crate::metrics::Metrics;
 use crate::outlet::{Outlet, Wire};
 use crate::viewer::{Access, Connection, Viewer, ViewerLimits};
+use crate::window_codec::WindowEncoding;
 
 /// What every handler shares: the hub's address and the limits from the config.
 #[derive(Clone)]
@@ -305,6 +306,8 @@ fn revalidated(req: &HttpRequest, etag: &str, body: bytes::Bytes) -> HttpRespons
 struct FrameRange {
     from: u32,
     to: u32,
+    /// `qdelta1`: the frames as one compact window (epoch 0) instead of a msgpack array.
+    enc: Option<String>,
 }
 
 async fn race_frames(
@@ -319,7 +322,16 @@ async fn race_frames(
         .send(GetRace(race.clone()))
         .await?
         .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
-    let FrameRange { from, to } = range.into_inner();
+    let FrameRange { from, to, enc } = range.into_inner();
+    let compact = match enc.as_deref() {
+        None | Some("msgpack") => false,
+        Some("qdelta1") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "enc={other:?} is not msgpack or qdelta1"
+            )))
+        }
+    };
     let total = entry.meta.total_frames;
     let max = state.max_frames_per_request;
     if from >= to || to > total {
@@ -333,12 +345,30 @@ async fn race_frames(
             to - from
         )));
     }
+    let window_limit = crate::window_codec::DecodeLimits::default().max_frames as u32;
+    if compact && to - from > window_limit {
+        return Err(ApiError::BadRequest(format!(
+            "range of {} frames is over the limit of {window_limit} per compact window",
+            to - from
+        )));
+    }
     let encoded = state.hub.send(LoadRace(race)).await??;
     if encoded.total_frames() != total {
         return Err(ApiError::Internal(format!(
             "race {:?} changed while it loaded; ask again",
             encoded.id()
         )));
+    }
+    if compact {
+        let indices: Vec<u32> = (from..to).collect();
+        let body = web::block(move || crate::window_codec::encode_frames(&encoded, 0, &indices))
+            .await
+            .map_err(|e| ApiError::Internal(format!("compact window: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("compact window: {e}")))?;
+        return Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+            .body(body));
     }
     Ok(HttpResponse::Ok()
         .content_type("application/msgpack")
@@ -468,6 +498,8 @@ struct WsQuery {
     token: Option<String>,
     #[serde(default)]
     mode: Mode,
+    /// Look-ahead window encodings the client accepts, in its order of preference.
+    enc: Option<String>,
 }
 
 async fn websocket(
@@ -478,6 +510,16 @@ async fn websocket(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let id = id.into_inner();
+    let encoding = match query.enc.as_deref() {
+        None => WindowEncoding::default(),
+        Some(accepted) => WindowEncoding::negotiate(accepted).ok_or_else(|| {
+            let known: Vec<&str> = WindowEncoding::ALL.iter().map(|e| e.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "enc={accepted:?} names no window encoding this hub speaks; it speaks {}",
+                known.join(", ")
+            ))
+        })?,
+    };
     // A browser says which site's page opens a socket; only allowed pages may (a page elsewhere
     // could otherwise drive a session with a control URL it learned).
     if let Some(origin) = req.headers().get(header::ORIGIN) {
@@ -540,6 +582,7 @@ async fn websocket(
             can_control,
             token_sha256,
             mode: query.mode,
+            encoding,
         },
         state.viewer_limits.clone(),
         Connection {

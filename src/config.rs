@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{CacheSpec, Compression};
 use crate::feed::Mode;
+use crate::window_codec::WindowEncoding;
 
 /// replay-hub: broadcast Formula 1 race replays to many synchronised viewers.
 ///
@@ -385,6 +386,15 @@ pub struct LoadtestArgs {
     /// each shown at its time after a clock sync with the hub).
     #[arg(long, value_enum, default_value_t = Mode::Push)]
     pub mode: Mode,
+    /// Look-ahead window encoding to ask for (`enc=` on the URL): msgpack (push frames in a
+    /// msgpack map) or qdelta1 (quantised, delta-coded, deflated; see docs/PROTOCOL.md).
+    #[arg(long, value_enum, default_value_t = WindowEncoding::Msgpack)]
+    pub enc: WindowEncoding,
+    /// Spread the viewers' sockets over this many loopback source addresses (127.0.0.1,
+    /// 127.0.0.2, ...), so many thousands of connections to one hub do not run out of ephemeral
+    /// ports; only for a hub on a loopback address.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub source_addrs: u8,
     /// The hub's process id: adds its CPU time per delivered frame and its resident memory.
     #[arg(long)]
     pub server_pid: Option<u32>,

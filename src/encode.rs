@@ -242,6 +242,9 @@ pub struct Hello<'a> {
     /// Look-ahead only: how much playback one window covers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_ms: Option<u64>,
+    /// Look-ahead only: the window encoding in force ("msgpack" or "qdelta1").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'a str>,
     pub state: PlayState,
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod datadir;
 pub mod encode;
 pub mod error;
+pub mod fd_limit;
 pub mod feed;
 pub mod frame_guard;
 pub mod hub;
@@ -24,6 +25,7 @@ pub mod race;
 pub mod session;
 pub mod session_store;
 pub mod viewer;
+pub mod window_codec;
 
 use std::fs::{self, File};
 use std::future::Future;

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::config::LoadtestArgs;
 use crate::encode::{frame_index, window_indices};
 use crate::feed::Mode;
+use crate::window_codec::{self, WindowEncoding};
 
 /// Per-viewer counters, written by its reader task and sampled by the reporter.
 #[derive(Default)]
@@ -104,6 +105,8 @@ impl Seen {
 /// Why a load test could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadtestError {
+    #[error("--source-addrs {0} needs a hub on a loopback IPv4 address, not {1}")]
+    SourceAddrs(u8, String),
     #[error("no viewer could connect to {url} (0 of {requested}): {reason}")]
     NoViewer {
         url: String,
@@ -150,6 +153,8 @@ pub struct Report {
     pub fps_p50: f64,
     pub fps_min: f64,
     pub bytes_per_second: f64,
+    /// Bytes on the wire (WebSocket payloads) per frame of content received.
+    pub bytes_per_frame: f64,
     pub out_of_order: u64,
     /// Time between consecutive frames at one viewer, in ms.
     pub gap_p50_ms: f64,
@@ -177,6 +182,23 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         let sep = if args.url.contains('?') { '&' } else { '?' };
         args.url = format!("{}{sep}mode=lookahead", args.url);
     }
+    if args.mode == Mode::Lookahead
+        && args.enc != WindowEncoding::Msgpack
+        && !args.url.contains("enc=")
+    {
+        args.url = format!("{}&enc={}", args.url, args.enc.as_str());
+    }
+    let sources = Sources::new(&args.url, args.source_addrs).await?;
+    // One descriptor per viewer and a few to spare: raise the soft limit (and, where allowed,
+    // the hard one) rather than fail after thousands of connections.
+    let wanted = (args.viewers + args.stalled + 64) as u64;
+    match crate::fd_limit::raise(wanted) {
+        Ok(limit) if limit < wanted => eprintln!(
+            "warning: only {limit} file descriptors may be open (asked for {wanted}): some viewers will fail to connect"
+        ),
+        Ok(_) => {}
+        Err(err) => eprintln!("warning: could not raise the file-descriptor limit: {err}"),
+    }
     let mut counters = Vec::with_capacity(args.viewers);
     let mut connect_errors = 0;
     let started = Instant::now();
@@ -203,12 +225,10 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
     }
     // Connect in small batches so the hub's accept queue is not flooded.
     for batch in (0..args.viewers).collect::<Vec<_>>().chunks(50) {
-        let attempts = batch
-            .iter()
-            .map(|_| tokio_tungstenite::connect_async(args.url.as_str()));
+        let attempts = batch.iter().map(|&n| sources.connect(&args.url, n));
         for result in futures_util::future::join_all(attempts).await {
             match result {
-                Ok((ws, _)) => {
+                Ok(ws) => {
                     let c = Arc::new(Counters::default());
                     match args.mode {
                         Mode::Push => tokio::spawn(read(ws, c.clone(), window.clone())),
@@ -223,7 +243,7 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
                     if connect_errors <= 3 {
                         eprintln!("connect failed: {err}");
                     }
-                    first_error.get_or_insert(err.to_string());
+                    first_error.get_or_insert(err);
                 }
             }
         }
@@ -310,6 +330,11 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         fps_p50: fps.get(fps.len() / 2).copied().unwrap_or(0.0),
         fps_min: fps.first().copied().unwrap_or(0.0),
         bytes_per_second: bytes as f64 / elapsed,
+        bytes_per_frame: if delivered > 0 {
+            bytes as f64 / delivered as f64
+        } else {
+            0.0
+        },
         out_of_order: counters
             .iter()
             .map(|c| c.out_of_order.load(Ordering::Relaxed))
@@ -334,6 +359,78 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
             .filter(|_| delivered > 0)
             .map(|c| c * 1e6 / delivered as f64),
     })
+}
+
+/// Where viewers connect from: the system's choice, or one of several loopback source
+/// addresses in turn (each has its own range of ephemeral ports).
+struct Sources {
+    hub: Option<std::net::SocketAddr>,
+    count: u8,
+}
+
+impl Sources {
+    async fn new(url: &str, count: u8) -> Result<Self, LoadtestError> {
+        if count <= 1 {
+            return Ok(Self {
+                hub: None,
+                count: 1,
+            });
+        }
+        let refused = |what: String| LoadtestError::SourceAddrs(count, what);
+        let addr = resolve(url).await.map_err(refused)?;
+        if !(addr.is_ipv4() && addr.ip().is_loopback()) {
+            return Err(refused(addr.to_string()));
+        }
+        Ok(Self {
+            hub: Some(addr),
+            count,
+        })
+    }
+
+    /// Connects viewer `n` (from 127.0.0.(1 + n mod count) when spreading).
+    async fn connect(
+        &self,
+        url: &str,
+        n: usize,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    > {
+        let Some(hub) = self.hub else {
+            return tokio_tungstenite::connect_async(url)
+                .await
+                .map(|(ws, _)| ws)
+                .map_err(|e| e.to_string());
+        };
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(self.count)) as u8);
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .bind((source, 0).into())
+            .map_err(|e| format!("bind {source}: {e}"))?;
+        let stream = socket.connect(hub).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        Ok(ws)
+    }
+}
+
+/// The socket address of a ws:// URL's host.
+async fn resolve(url: &str) -> Result<std::net::SocketAddr, String> {
+    let request = url
+        .parse::<tokio_tungstenite::tungstenite::http::Uri>()
+        .map_err(|e| e.to_string())?;
+    let host = request.host().ok_or("no host in the URL")?.to_owned();
+    let port = request.port_u16().unwrap_or(80);
+    let found = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next();
+    found.ok_or_else(|| format!("host {host} not found"))
 }
 
 /// A viewer with a tiny receive buffer that never reads: it stalls as soon as it can.
@@ -466,7 +563,11 @@ where
                 }
             }
             Message::Binary(bytes) => {
-                let Some((epoch, indices)) = window_indices(&bytes) else {
+                let header = match bytes.first() {
+                    Some(&window_codec::MARKER) => window_codec::peek(&bytes).ok(),
+                    _ => window_indices(&bytes),
+                };
+                let Some((epoch, indices)) = header else {
                     continue;
                 };
                 counters
@@ -618,8 +719,10 @@ impl Report {
                 self.fps_p50, self.fps_min
             ),
             format!(
-                "received                {:.2} MB/s",
-                self.bytes_per_second / 1e6
+                "received                {:.2} MB/s ({:.0} B per frame of content, {:.2} KB/s per viewer)",
+                self.bytes_per_second / 1e6,
+                self.bytes_per_frame,
+                self.bytes_per_second / 1e3 / self.connected.max(1) as f64
             ),
             format!("out-of-order frames     {}", self.out_of_order),
             format!(

@@ -93,6 +93,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: replay_hub::config::Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    // Every viewer is a socket: allow as many as the hard limit lets this process open.
+    match replay_hub::fd_limit::raise_to_hard() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "could not raise the open file limit"),
+    }
     let app = App::build(config)
         .await
         .context("replay-hub could not start")?;

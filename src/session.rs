@@ -18,6 +18,7 @@ use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRa
 use crate::feed::{Broadcast, FeedHandle, Mode};
 use crate::metrics::Metrics;
 use crate::race::FPS;
+use crate::window_codec::{self, WindowEncoding};
 
 /// Slowest and fastest playback speeds a controller may choose.
 pub const SPEED_RANGE: (f64, f64) = (0.25, 16.0);
@@ -479,6 +480,8 @@ pub struct Ended {
 pub struct Join {
     pub ended: Recipient<Ended>,
     pub mode: Mode,
+    /// Look-ahead only: how the viewer's windows are encoded.
+    pub encoding: WindowEncoding,
 }
 
 /// What a viewer needs to greet its client, follow the broadcast and report its deliveries.
@@ -565,6 +568,15 @@ struct Windows {
     done: bool,
 }
 
+/// One window encoding's broadcast and its own schedule: a session builds windows only in the
+/// encodings somebody asked for, once per window each, and each keeps the schedule it would
+/// have alone (so a first viewer of one encoding gets a fresh window at once).
+#[derive(Default)]
+struct Lookahead {
+    broadcast: Broadcast,
+    windows: Windows,
+}
+
 /// How a session shares its timeline with other replicas.
 pub struct SessionSync {
     pub broker: Arc<Broker>,
@@ -587,9 +599,9 @@ pub struct Session {
     push: Broadcast,
     /// The (epoch, frame) last pushed.
     pushed: Option<(u64, u32)>,
-    lookahead: Broadcast,
+    /// Per window encoding, indexed by [`WindowEncoding::index`].
+    lookahead: [Lookahead; 2],
     window: Duration,
-    windows: Windows,
     viewers: HashMap<u64, Subscriber>,
     next_viewer: u64,
     max_viewers: usize,
@@ -628,9 +640,8 @@ impl Session {
             state_version: 1,
             push: Broadcast::new(),
             pushed: None,
-            lookahead: Broadcast::new(),
+            lookahead: Default::default(),
             window: window.max(TICK),
-            windows: Windows::default(),
             timeline,
             race,
             viewers: HashMap::new(),
@@ -839,7 +850,9 @@ impl Session {
         self.state_version += 1;
         // Push the current frame again, with the new state, even if its index did not change.
         self.pushed = None;
-        self.windows = Windows::default();
+        for lookahead in &mut self.lookahead {
+            lookahead.windows = Windows::default();
+        }
     }
 
     /// Publishes whatever is new for each delivery mode somebody uses: the current frame for
@@ -848,8 +861,10 @@ impl Session {
         if self.push.has_viewers() {
             self.push_frame(now);
         }
-        if self.lookahead.has_viewers() {
-            self.send_windows(now);
+        for encoding in WindowEncoding::ALL {
+            if self.lookahead[encoding.index()].broadcast.has_viewers() {
+                self.send_windows(encoding, now);
+            }
         }
     }
 
@@ -872,39 +887,45 @@ impl Session {
     /// Sends the windows due by `now`: in a new epoch, the present and the next window length
     /// at once (paused: the one frame shown); then one window length each time the display
     /// reaches the start of the last window sent.
-    fn send_windows(&mut self, now: Instant) {
+    fn send_windows(&mut self, encoding: WindowEncoding, now: Instant) {
         let epoch = self.timeline.epoch();
         let slots = (self.window.as_micros() / TICK.as_micros()).max(1) as u64;
         let present = self.timeline.slot_at(now);
+        let windows = &mut self.lookahead[encoding.index()].windows;
         // Restart in a new epoch, or when nobody listened for a while and the schedule fell behind.
-        let behind = self.timeline.playing() && self.windows.next_slot <= present;
-        if self.windows.epoch != epoch || behind {
-            self.windows = Windows {
+        let behind = self.timeline.playing() && windows.next_slot <= present;
+        if windows.epoch != epoch || behind {
+            *windows = Windows {
                 epoch,
                 next_slot: present,
                 ..Windows::default()
             };
             if !self.timeline.playing() {
-                self.windows.done = true;
+                windows.done = true;
                 let frame = self.timeline.frame_at(now);
-                self.send_window(&[frame], now);
+                self.send_window(encoding, &[frame], now);
                 return;
             }
-            self.send_slots(present, present + 2 * slots, now);
+            self.send_slots(encoding, present, present + 2 * slots, now);
         }
-        while !self.windows.done
-            && self.timeline.playing()
-            && self.windows.next_slot >= slots
-            && now >= self.timeline.slot_start(self.windows.next_slot - slots)
-        {
-            let from = self.windows.next_slot;
-            self.send_slots(from, from + slots, now);
+        loop {
+            let windows = &self.lookahead[encoding.index()].windows;
+            let due = !windows.done
+                && self.timeline.playing()
+                && windows.next_slot >= slots
+                && now >= self.timeline.slot_start(windows.next_slot - slots);
+            if !due {
+                break;
+            }
+            let from = windows.next_slot;
+            self.send_slots(encoding, from, from + slots, now);
         }
     }
 
     /// Sends the frames shown in display slots `from..to`, once each.
-    fn send_slots(&mut self, from: u64, to: u64, now: Instant) {
+    fn send_slots(&mut self, encoding: WindowEncoding, from: u64, to: u64, now: Instant) {
         let last = self.timeline.last_frame();
+        let windows = &mut self.lookahead[encoding.index()].windows;
         let mut indices: Vec<u32> = Vec::with_capacity((to - from) as usize);
         for slot in from..to {
             let frame = self.timeline.slot_frame(slot);
@@ -912,25 +933,46 @@ impl Session {
                 indices.push(frame);
             }
             if frame >= last {
-                self.windows.done = true;
+                windows.done = true;
                 break;
             }
         }
-        self.windows.next_slot = to;
-        self.send_window(&indices, now);
+        windows.next_slot = to;
+        self.send_window(encoding, &indices, now);
     }
 
-    fn send_window(&mut self, indices: &[u32], now: Instant) {
+    /// Builds a window once in `encoding` and publishes it to that encoding's viewers.
+    fn send_window(&mut self, encoding: WindowEncoding, indices: &[u32], now: Instant) {
         let epoch = self.timeline.epoch();
-        let message = ws_binary(window_message(&self.race, epoch, indices));
-        let catch_up = self.windows.last.replace(message.clone());
-        self.lookahead.publish(
+        let payload = match encoding {
+            WindowEncoding::Msgpack => window_message(&self.race, epoch, indices),
+            WindowEncoding::Qdelta1 => match self.compact_window(epoch, indices) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    tracing::warn!(session = %self.id, %err, "compact window not built");
+                    return;
+                }
+            },
+        };
+        let message = ws_binary(payload);
+        let lookahead = &mut self.lookahead[encoding.index()];
+        let catch_up = lookahead.windows.last.replace(message.clone());
+        lookahead.broadcast.publish(
             (self.state_version, &self.state_frame),
             message,
             indices.len() as u32,
             catch_up,
             now,
         );
+    }
+
+    /// The `qdelta1` form of a window, built once for every viewer of the encoding.
+    fn compact_window(
+        &self,
+        epoch: u64,
+        indices: &[u32],
+    ) -> Result<Bytes, window_codec::CodecError> {
+        window_codec::encode_frames(&self.race, epoch, indices)
     }
 
     fn viewers_changed(&self) {
@@ -956,7 +998,10 @@ impl Session {
         let now = Instant::now();
         let (feed, window) = match msg.mode {
             Mode::Push => (self.push.subscribe(), None),
-            Mode::Lookahead => (self.lookahead.subscribe(), Some(self.window)),
+            Mode::Lookahead => (
+                self.lookahead[msg.encoding.index()].broadcast.subscribe(),
+                Some(self.window),
+            ),
         };
         // The new viewer starts from the current value: publish it if nobody was listening.
         self.publish_frames(now);
@@ -1192,6 +1237,7 @@ mod tests {
                 .send(Join {
                     ended: listener.clone().recipient(),
                     mode: Mode::Push,
+                    encoding: WindowEncoding::Msgpack,
                 })
                 .await
                 .unwrap();

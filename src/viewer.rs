@@ -28,6 +28,7 @@ use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
 use crate::outlet::{Out, Subscription, Wire};
 use crate::session::{Control, DeliveryStats, Ended, Join, Joined, Leave, Request, Session};
+use crate::window_codec::WindowEncoding;
 
 /// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
 pub mod close_code {
@@ -56,6 +57,8 @@ pub struct Access {
     pub can_control: bool,
     pub token_sha256: String,
     pub mode: Mode,
+    /// How look-ahead windows are encoded for this client.
+    pub encoding: WindowEncoding,
 }
 
 /// The upgraded connection a viewer drives: the client's messages, the socket writer's end of
@@ -76,6 +79,7 @@ pub struct Viewer {
     /// The session's control-token hash, for a token presented with `auth`.
     token_sha256: String,
     mode: Mode,
+    encoding: WindowEncoding,
     limits: ViewerLimits,
     /// Given back (to the per-address count) when the viewer goes.
     _ticket: Ticket,
@@ -129,6 +133,7 @@ impl Viewer {
             can_control: access.can_control,
             token_sha256: access.token_sha256,
             mode: access.mode,
+            encoding: access.encoding,
             limits,
             stream: Some(stream),
             wire,
@@ -155,6 +160,7 @@ impl Viewer {
             can_control: self.can_control,
             mode: self.mode.as_str(),
             window_ms: joined.window.map(|w| w.as_millis() as u64),
+            encoding: joined.window.map(|_| self.encoding.as_str()),
             state: joined.state,
         });
         self.metrics.viewers.inc();
@@ -379,6 +385,7 @@ impl Actor for Viewer {
         let join = Join {
             ended: ctx.address().recipient(),
             mode: self.mode,
+            encoding: self.encoding,
         };
         ctx.wait(
             self.session

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # replay-hub against two reference broadcasters, measured by its own load tool in one run:
 #   hub-push       the hub, default (push) viewers
-#   hub-lookahead  the hub, viewers in lookahead mode
+#   hub-lookahead  the hub, viewers in lookahead mode (msgpack windows)
+#   hub-compact    the hub, viewers in lookahead mode with compact windows (enc=qdelta1)
 #   floor          bench/peers/floor: one pre-framed write per viewer per frame (the lower bound)
 #   node           bench/peers/node: Node.js + ws, the everyday way to write this
 # Both peers serve the hub's own frame bytes at 25 FPS, so every target sends identical messages.
@@ -9,14 +10,15 @@
 # own and the hub's demo session is playing from its start (it pauses at the race's end, far
 # beyond one run). Peers take their frames from a hub that is stopped before they are measured.
 #
-# Environment: TARGETS (default "hub-push hub-lookahead floor node"), VIEWERS (default
+# Environment: TARGETS (default "hub-push hub-lookahead hub-compact floor node"), VIEWERS (default
 # "100 1000 2000 5000"), SECONDS_PER_RUN (20), OUT (/tmp/replay-hub-peers), FROM (5000) and
-# FRAMES (3000): the slice of the demo race the peers serve. Honours CARGO_TARGET_DIR.
+# FRAMES (3000): the slice of the demo race the peers serve, SOURCES (4): loopback source addresses
+# for the load tool, NO_BUILD=1 to use the release binaries as they are. Honours CARGO_TARGET_DIR.
 # Prints a Markdown table; each run's JSON report and logs are kept in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TARGETS=${TARGETS:-hub-push hub-lookahead floor node}
+TARGETS=${TARGETS:-hub-push hub-lookahead hub-compact floor node}
 VIEWERS=${VIEWERS:-100 1000 2000 5000}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
 OUT=${OUT:-/tmp/replay-hub-peers}
@@ -28,8 +30,10 @@ FLOOR=$TARGET_DIR/release/examples/floor
 
 # 5000 viewers are 5000 sockets on each side; children inherit the limit.
 ulimit -n 20000 || { echo "cannot raise the open-file limit to 20000" >&2; exit 1; }
+# The load tool spreads its sockets over loopback source addresses (ephemeral ports).
+SOURCES=${SOURCES:-4}
 
-cargo build --release --locked --bin replay-hub --example floor
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub --example floor
 
 if [[ " $TARGETS " == *" node "* ]] && [[ ! -d bench/peers/node/node_modules ]]; then
   (cd bench/peers/node && npm ci --no-audit --no-fund) >&2
@@ -107,13 +111,14 @@ for n in $VIEWERS; do
     name=$target-$n
     extra=()
     case $target in
-      hub-push | hub-lookahead)
+      hub-push | hub-lookahead | hub-compact)
         start_hub "$name"
         pid=$HUB_PID
         url=ws://$HUB_ADDR/ws/sessions/demo
         if [[ $target == hub-lookahead ]]; then
-          url+="?mode=lookahead"
           extra=(--mode lookahead)
+        elif [[ $target == hub-compact ]]; then
+          extra=(--mode lookahead --enc qdelta1)
         fi
         ;;
       floor | node)
@@ -126,7 +131,7 @@ for n in $VIEWERS; do
     echo "== $target, $n viewers, ${SECONDS_PER_RUN} s: $url" >&2
     rm -f "$OUT/$name.json"
     "$BIN" loadtest --url "$url" --viewers "$n" --seconds "$SECONDS_PER_RUN" --server-pid "$pid" \
-      --json "$OUT/$name.json" "${extra[@]}" >"$OUT/logs/$name-loadtest.log" 2>&1 ||
+      --source-addrs "$SOURCES" --json "$OUT/$name.json" "${extra[@]}" >"$OUT/logs/$name-loadtest.log" 2>&1 ||
       echo "   load tool failed; see $OUT/logs/$name-loadtest.log" >&2
     stop "$pid"
     RUNS+=("$target $n")
@@ -142,7 +147,7 @@ if command -v jq >/dev/null; then
       [ $t,
         (if .connected < .viewers then "\(.connected)/\(.viewers)" else "\(.viewers)" end),
         (.fps_p50 | d1), (.fps_min | d1), (.gap_p99_ms | d1), (.sync_spread_p99_ms | d1),
-        (.server_cpu_us_per_frame | d1),
+        (.server_cpu_us_per_frame | d1), (.bytes_per_frame | round | tostring),
         "\(.server_rss_start_kib | mib) → \(.server_rss_end_kib | mib)" ]
       | "| " + join(" | ") + " |"' "$3"
   }
@@ -157,6 +162,7 @@ mib = lambda v: d1(None if v is None else v / 1024)
 seen = str(r["viewers"]) if r["connected"] >= r["viewers"] else f'{r["connected"]}/{r["viewers"]}'
 cells = [t, seen, d1(r.get("fps_p50")), d1(r.get("fps_min")), d1(r.get("gap_p99_ms")),
          d1(r.get("sync_spread_p99_ms")), d1(r.get("server_cpu_us_per_frame")),
+         str(round(r.get("bytes_per_frame") or 0)),
          f'{mib(r.get("server_rss_start_kib"))} → {mib(r.get("server_rss_end_kib"))}']
 print("| " + " | ".join(cells) + " |")
 EOF
@@ -164,13 +170,13 @@ EOF
 fi
 
 echo
-echo "| target | viewers | FPS p50 | FPS min | gap p99 ms | sync spread p99 ms | server µs CPU/frame | server RSS start→end MiB |"
-echo "|---|---:|---:|---:|---:|---:|---:|---|"
+echo "| target | viewers | FPS p50 | FPS min | gap p99 ms | sync spread p99 ms | server µs CPU/frame | B/frame | server RSS start→end MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
 for run in "${RUNS[@]}"; do
   read -r target n <<<"$run"
   if [[ -s $OUT/$target-$n.json ]]; then
     row "$target" "$n" "$OUT/$target-$n.json"
   else
-    echo "| $target | $n | failed | – | – | – | – | – |"
+    echo "| $target | $n | failed | – | – | – | – | – | – |"
   fi
 done

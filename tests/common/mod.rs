@@ -222,6 +222,12 @@ impl Viewer {
                 None => return Received::Closed(None),
                 Some(Err(e)) => panic!("websocket error: {e}"),
                 Some(Ok(Message::Binary(bytes))) => {
+                    if bytes.first() == Some(&replay_hub::window_codec::MARKER) {
+                        let limits = replay_hub::window_codec::DecodeLimits::default();
+                        let window = replay_hub::window_codec::decode(&bytes, &limits)
+                            .expect("a compact window");
+                        return Received::Window(window);
+                    }
                     if let Ok(window) = decode_window(&bytes) {
                         return Received::Window(window);
                     }

@@ -17,9 +17,17 @@ import { createLeaderboard } from "./leaderboard.js";
 import { createTelemetry } from "./telemetry.js";
 import { setUpTimeline } from "./timeline.js";
 
+import { localNow } from "./clock.js";
+import { dueAt, WindowBuffer } from "./playback.js";
+
 const SPEEDS = [0.25, 0.5, 1, 2, 4, 8, 16];
-// Frames are shown this far behind their arrival, so there is always a next one to move toward.
+// Push mode: frames are shown this far behind their arrival, so there is always a next one to
+// move toward. Look-ahead mode (the default; ?mode=push for the other) shows each frame at its
+// moment on the hub's clock instead, the same moment on every viewer.
 const DELAY_MS = 100;
+const mode = new URLSearchParams(location.search).get("mode") === "push" ? "push" : "lookahead";
+// A window this late (ms) is said so on the page; until then the last frame is simply held.
+const STALL_NOTICE_MS = 80;
 
 const sessionId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const token = new URLSearchParams(location.search).get("token");
@@ -41,6 +49,11 @@ let lastShown = null; // the frame the views last showed
 let cars = []; // where the cars were drawn: {x, y, n, order}
 let trackStatus = "green";
 let control = null; // the controller's commands, once the hub says this viewer may send them
+let totalFrames = 1;
+const windows = new WindowBuffer(); // look-ahead: the current epoch's frames
+let hubClock = null; // look-ahead: {offset, rtt} to the hub's clock, from the worker
+let held = null; // look-ahead: what was drawn last, held while a window is late
+let lateSince = null;
 
 async function start() {
   const session = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
@@ -72,8 +85,10 @@ async function start() {
   worker.onmessage = (event) => receive(event.data, worker);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  createSyncIndicator();
   worker.postMessage({
     type: "connect",
+    mode,
     url: `${scheme}://${location.host}/ws/sessions/${encodeURIComponent(sessionId)}${query}`,
     sessionUrl: `/api/sessions/${encodeURIComponent(sessionId)}`,
   });
@@ -86,14 +101,25 @@ function receive(message, worker) {
       field = Object.fromEntries(message.fields.map((name, index) => [name, index]));
       if (!views) setUpViews();
       $("timeline").max = String(message.total_frames - 1);
+      totalFrames = message.total_frames;
       frames = [];
+      windows.clear();
       applyState(message.state);
       if (message.can_control) setUpControls(worker);
       break;
     case "state":
       // A new epoch makes buffered frames stale (a seek, a pause): drop them.
       frames = [];
+      windows.clear();
       applyState(message);
+      break;
+    case "window":
+      // Windows of an older epoch are stale; the worker keeps the socket's order.
+      if (state && message.epoch === state.epoch) windows.add(message.frames);
+      break;
+    case "clock":
+      hubClock = message;
+      showSync();
       break;
     case "frame":
       message.at = performance.now();
@@ -304,9 +330,11 @@ function draw(now) {
   const g = canvas.getContext("2d", { desynchronized: true });
   if (!view) return;
   g.clearRect(0, 0, canvas.width, canvas.height);
-  const around = framesAt(now);
+  const around = mode === "lookahead" ? scheduled() : framesAt(now);
   if (!around) return;
   const [a, b, k] = around;
+  // Push shows the newest frame it moves toward; look-ahead the frame due on the shared clock.
+  const shown = mode === "lookahead" ? a : b;
   const fx = field.x;
   const fy = field.y;
   const fp = field.position;
@@ -320,13 +348,61 @@ function draw(now) {
   const labels = drawCars(g, cars, meta, focus ? focus.get() : -1, view.ratio);
   document.body.dataset.cars = String(cars.length);
   document.body.dataset.labels = String(labels);
-  document.body.dataset.frame = String(b.i);
-  shownFrame = b.i;
-  showEvents(b.i);
-  if (b !== lastShown && views) {
-    lastShown = b;
-    showFrame(b);
+  document.body.dataset.frame = String(shown.i);
+  shownFrame = shown.i;
+  showEvents(shown.i);
+  if (shown !== lastShown && views) {
+    lastShown = shown;
+    showFrame(shown);
   }
+}
+
+// --- look-ahead playback -----------------------------------------------------------------------
+
+// The frames to draw now: the one due on the hub's clock and the next, or, while the window it
+// needs has not arrived, what was drawn last (never a frame late: the page snaps back to the
+// shared playhead as soon as the data is there).
+function scheduled() {
+  if (!hubClock || !state) return held;
+  const due = dueAt(state, localNow() + hubClock.offset, totalFrames - 1);
+  const around = windows.at(due.frame, due.position);
+  if (!around) {
+    lateSince ??= performance.now();
+    if (performance.now() - lateSince >= STALL_NOTICE_MS) setStalled(true);
+    return held;
+  }
+  lateSince = null;
+  setStalled(false);
+  held = around;
+  return around;
+}
+
+function createSyncIndicator() {
+  const sync = document.createElement("span");
+  sync.id = "sync";
+  sync.className = "sync";
+  sync.title = "offset to the hub's clock and round trip; every viewer shows the same frame";
+  sync.style.cssText = "margin-left:.6em;font-size:.8em;opacity:.75;font-variant-numeric:tabular-nums";
+  sync.textContent = mode === "lookahead" ? "sync…" : "push";
+  $("connection").after(sync);
+}
+
+function showSync() {
+  const sync = $("sync");
+  if (!sync || !hubClock) return;
+  sync.dataset.offset = hubClock.offset.toFixed(1);
+  sync.dataset.rtt = hubClock.rtt.toFixed(1);
+  if (document.body.dataset.stalled === "true") return;
+  const sign = hubClock.offset >= 0 ? "+" : "−";
+  sync.textContent = `sync ${sign}${Math.abs(hubClock.offset).toFixed(1)} ms · rtt ${hubClock.rtt.toFixed(0)} ms`;
+}
+
+function setStalled(stalled) {
+  if ((document.body.dataset.stalled === "true") === stalled) return;
+  document.body.dataset.stalled = String(stalled);
+  const sync = $("sync");
+  if (stalled && sync) sync.textContent = "waiting for data: holding the last frame";
+  else showSync();
 }
 
 start().catch((error) => showEnded(`Could not load the session: ${error.message}`));

@@ -1,40 +1,78 @@
-// The viewer's network side, off the main thread: owns the WebSocket, decodes msgpack frames,
-// reconnects with exponential backoff, and posts plain objects to the page.
-// Page → worker: {type:"connect", url, sessionUrl} | {type:"command", command}
-// Worker → page: {type:"status", status, retryIn?} | hello | state | error | frame | {type:"ended", reason}
-import { decode } from "@msgpack/msgpack";
+// The viewer's network side, off the main thread: owns the WebSocket, syncs the clock with the
+// hub (clock.js), decodes frames and windows (codec.js), reconnects with exponential backoff,
+// and posts plain objects to the page.
+// Page → worker: {type:"connect", url, sessionUrl, mode} | {type:"command", command}
+// Worker → page: {type:"status", status, retryIn?} | hello | state | error | frame
+//   | {type:"window", epoch, frames} | {type:"clock", offset, rtt} | {type:"ended", reason}
+// mode "lookahead" (the page's default) asks for compact windows; "push" for a frame per tick.
+import { ClockSync } from "./clock.js";
+import { decodeBinary } from "./codec.js";
+
+// Window encodings this worker decodes, in order of preference.
+const ENCODINGS = "qdelta1,msgpack";
 
 let socket = null;
 let url = null;
 let sessionUrl = null;
+let mode = "lookahead";
 let attempt = 0;
 let ended = false;
 let timer = null;
+// Messages are handled one after the other, even while a window inflates asynchronously, so
+// nothing reaches the page out of order (a window of an old epoch after a new state).
+let queue = Promise.resolve();
+
+const clock = new ClockSync(
+  (t0) => {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ cmd: "time", t0 }));
+  },
+  (best) => post({ type: "clock", offset: best.offset, rtt: best.rtt }),
+);
 
 function post(message) {
   self.postMessage(message);
 }
 
+function socketUrl() {
+  if (mode !== "lookahead") return url;
+  const sep = url.includes("?") ? "&" : "?";
+  return `${url}${sep}mode=lookahead&enc=${ENCODINGS}`;
+}
+
+async function handle(data) {
+  if (typeof data === "string") {
+    const message = JSON.parse(data);
+    if (message.type === "time") {
+      clock.answer(message);
+      return;
+    }
+    if (message.type === "hello") {
+      attempt = 0;
+      post({ type: "status", status: "live" });
+      if (mode === "lookahead") clock.start();
+    }
+    post(message);
+    return;
+  }
+  post(await decodeBinary(new Uint8Array(data)));
+}
+
 function connect() {
   if (ended) return;
   post({ type: "status", status: attempt === 0 ? "connecting" : "reconnecting" });
-  socket = new WebSocket(url);
-  socket.binaryType = "arraybuffer";
-  socket.onmessage = (event) => {
-    if (typeof event.data === "string") {
-      const message = JSON.parse(event.data);
-      if (message.type === "hello") {
-        attempt = 0;
-        post({ type: "status", status: "live" });
-      }
-      post(message);
-      return;
-    }
-    const frame = decode(new Uint8Array(event.data));
-    post({ type: "frame", i: frame.i, t: frame.t, lap: frame.lap, drivers: frame.drivers });
+  clock.reset();
+  const ws = new WebSocket(socketUrl());
+  socket = ws;
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (event) => {
+    queue = queue
+      .then(() => (socket === ws ? handle(event.data) : undefined))
+      .catch((error) => post({ type: "error", code: "decode", message: String(error.message || error) }));
   };
-  socket.onclose = (event) => {
+  ws.onclose = (event) => {
+    if (socket !== ws) return;
     socket = null;
+    clock.reset();
     if (event.code === 1001 && event.reason === "session deleted") {
       finish("The session was deleted.");
       return;
@@ -64,6 +102,7 @@ async function retry() {
 function finish(reason) {
   ended = true;
   clearTimeout(timer);
+  clock.reset();
   post({ type: "ended", reason });
 }
 
@@ -72,6 +111,7 @@ self.onmessage = (event) => {
   if (message.type === "connect") {
     url = message.url;
     sessionUrl = message.sessionUrl;
+    mode = message.mode === "push" ? "push" : "lookahead";
     connect();
   } else if (message.type === "command" && socket && socket.readyState === WebSocket.OPEN) {
     socket.send(JSON.stringify(message.command));

@@ -1,0 +1,202 @@
+//! Compact look-ahead windows (`enc=qdelta1`) against the real hub: negotiated on connect,
+//! carrying the push-mode frames within the documented quantisation, on the same schedule as
+//! msgpack windows (seek included), and far smaller.
+
+mod common;
+
+use common::{Received, TestHub, Viewer};
+use replay_hub::encode::{DecodedFrame, DecodedWindow};
+use replay_hub::window_codec::{first_mismatch, MARKER};
+use serde_json::{json, Value};
+
+const WINDOW_MS: u64 = 400;
+
+fn url(hub: &TestHub, session: &str, token: Option<&str>, enc: &str) -> String {
+    let url = hub.ws_url(session, token);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=lookahead&enc={enc}")
+}
+
+/// The push-mode frames `from..=to`, from the frames endpoint.
+async fn push_frames(hub: &TestHub, from: u32, to: u32) -> Vec<DecodedFrame> {
+    let body = hub
+        .get(&format!(
+            "/api/races/test-race/frames?from={from}&to={}",
+            to + 1
+        ))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    rmp_serde::from_slice(&body).expect("a msgpack array of wire frames")
+}
+
+/// The next window of `epoch`, skipping everything else.
+async fn window_of_epoch(viewer: &mut Viewer, epoch: u64) -> DecodedWindow {
+    loop {
+        match viewer.next().await {
+            Received::Window(w) if w.epoch == epoch => return w,
+            Received::Closed(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+async fn assert_carries_push_frames(hub: &TestHub, window: &DecodedWindow) {
+    let (first, last) = (window.indices[0], *window.indices.last().unwrap());
+    let push = push_frames(hub, first, last).await;
+    for frame in &window.frames {
+        let want = &push[(frame.i - first) as usize];
+        if let Some(mismatch) = first_mismatch(frame, want) {
+            panic!("{mismatch}");
+        }
+    }
+}
+
+/// The next binary message's raw bytes.
+async fn next_binary(viewer: &mut Viewer) -> Vec<u8> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(common::PATIENCE, viewer.ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("no error");
+        if let Message::Binary(bytes) = message {
+            return bytes.to_vec();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_windows_carry_the_push_frames_within_their_quanta() {
+    let hub = TestHub::start_with(|c| c.lookahead_window_ms = WINDOW_MS);
+    hub.create_session("compact", true).await;
+    let mut viewer = Viewer::connect(&url(&hub, "compact", None, "qdelta1,msgpack")).await;
+    assert_eq!(viewer.hello["mode"], "lookahead");
+    assert_eq!(viewer.hello["encoding"], "qdelta1");
+    let mut previous: Option<DecodedWindow> = None;
+    for _ in 0..4 {
+        let window = viewer.next_window().await;
+        assert_eq!(
+            window.epoch,
+            viewer.hello["state"]["epoch"].as_u64().unwrap()
+        );
+        let carried: Vec<u32> = window.frames.iter().map(|f| f.i).collect();
+        assert_eq!(carried, window.indices);
+        assert!(window.indices.windows(2).all(|p| p[1] == p[0] + 1), "1×");
+        if let Some(p) = &previous {
+            assert_eq!(
+                window.indices[0],
+                p.indices.last().unwrap() + 1,
+                "windows follow each other"
+            );
+        }
+        assert_carries_push_frames(&hub, &window).await;
+        previous = Some(window);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_encodings_follow_one_schedule_through_a_seek_and_a_speed_change() {
+    let hub = TestHub::start_with(|c| c.lookahead_window_ms = WINDOW_MS);
+    let created = hub.create_session("both", true).await;
+    let token = created["control_token"].as_str().unwrap().to_owned();
+    let mut compact = Viewer::connect(&url(&hub, "both", Some(&token), "qdelta1")).await;
+    let mut msgpack = Viewer::connect(&url(&hub, "both", None, "msgpack")).await;
+    assert_eq!(msgpack.hello["encoding"], "msgpack");
+
+    compact
+        .send_json(json!({"cmd": "seek", "frame": 2000}))
+        .await;
+    compact.send_json(json!({"cmd": "speed", "value": 4})).await;
+    // Both get the speed change's state, then a fresh window of its epoch from the same slots.
+    let mut epoch = 0;
+    for viewer in [&mut compact, &mut msgpack] {
+        let state: Value = loop {
+            let s = viewer.next_of_type("state").await;
+            if s["speed"] == 4.0 {
+                break s;
+            }
+        };
+        epoch = state["epoch"].as_u64().unwrap();
+    }
+    let a = window_of_epoch(&mut compact, epoch).await;
+    let b = window_of_epoch(&mut msgpack, epoch).await;
+    assert!(
+        a.indices[0] >= 2000 && b.indices[0] >= 2000,
+        "{:?} {:?}",
+        a.indices,
+        b.indices
+    );
+    assert!(
+        a.indices.windows(2).all(|p| p[1] == p[0] + 4),
+        "4×: {:?}",
+        a.indices
+    );
+    // Independent schedules on one grid: the windows cover the same slots' frames.
+    let common_frames: Vec<&u32> = a.indices.iter().filter(|i| b.indices.contains(i)).collect();
+    assert!(
+        !common_frames.is_empty(),
+        "{:?} vs {:?}",
+        a.indices,
+        b.indices
+    );
+    for frame in &a.frames {
+        if let Some(same) = b.frames.iter().find(|f| f.i == frame.i) {
+            if let Some(mismatch) = first_mismatch(frame, same) {
+                panic!("{mismatch}");
+            }
+        }
+    }
+    assert_carries_push_frames(&hub, &a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_windows_are_a_small_fraction_of_msgpack_windows() {
+    let hub = TestHub::start_with(|c| c.lookahead_window_ms = 1000);
+    hub.create_session("size", true).await;
+    let mut compact = Viewer::connect(&url(&hub, "size", None, "qdelta1")).await;
+    let mut msgpack = Viewer::connect(&url(&hub, "size", None, "msgpack")).await;
+    let (mut small, mut large) = (0usize, 0usize);
+    for _ in 0..3 {
+        let bytes = next_binary(&mut compact).await;
+        assert_eq!(bytes[0], MARKER);
+        small += bytes.len() / replay_hub::window_codec::peek(&bytes).unwrap().1.len();
+        let bytes = next_binary(&mut msgpack).await;
+        let (_, indices) = replay_hub::encode::window_indices(&bytes).unwrap();
+        large += bytes.len() / indices.len();
+    }
+    assert!(
+        small * 5 < large,
+        "compact {small} vs msgpack {large} bytes per frame"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoding_the_hub_does_not_speak_is_refused_with_a_json_400() {
+    let hub = TestHub::start();
+    let http = hub.url("/ws/sessions/demo?mode=lookahead&enc=zstd-frames");
+    let response = hub
+        .http()
+        .get(&http)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("qdelta1") && message.contains("msgpack"),
+        "{message}"
+    );
+    // Old clients that name no encoding keep msgpack windows.
+    let viewer = Viewer::connect(&format!("{}?mode=lookahead", hub.ws_url("demo", None))).await;
+    assert_eq!(viewer.hello["encoding"], "msgpack");
+}
