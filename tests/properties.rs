@@ -732,10 +732,9 @@ fn cached_metadata_damaged_into_other_valid_metadata_is_refused() {
         .position(|w| w == b"Fuzz")
         .expect("the name is stored");
     entry.meta[at + 3] ^= 0x01;
-    let err = entry
-        .decode(1 << 20)
-        .err()
-        .expect("damaged metadata is refused");
+    let Err(err) = entry.decode(1 << 20) else {
+        panic!("damaged metadata is refused");
+    };
     assert!(
         matches!(&err, CacheError::Corrupt { key, reason } if key == "meta" && reason.contains("checksum")),
         "{err}"

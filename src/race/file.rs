@@ -207,12 +207,11 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
         return Err(format!("track length_m {} is not positive", tr.length_m));
     }
     let b = &tr.bounds;
-    if ![b.x_min, b.x_max, b.y_min, b.y_max]
+    let finite = [b.x_min, b.x_max, b.y_min, b.y_max]
         .iter()
-        .all(|v| v.is_finite())
-        || !(b.x_min <= b.x_max && b.y_min <= b.y_max)
-    {
-        return Err(format!("track bounds {b:?} are empty"));
+        .all(|v| v.is_finite());
+    if !(finite && b.x_min <= b.x_max && b.y_min <= b.y_max) {
+        return Err(format!("track bounds {b:?} are empty or not finite"));
     }
     let mut prev_start = f64::NEG_INFINITY;
     for (i, iv) in meta.track_status.iter().enumerate() {
