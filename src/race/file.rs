@@ -210,9 +210,8 @@ fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
     let finite = [b.x_min, b.x_max, b.y_min, b.y_max]
         .iter()
         .all(|v| v.is_finite());
-    let ordered = b.x_min <= b.x_max && b.y_min <= b.y_max;
-    if !(finite && ordered) {
-        return Err(format!("track bounds {b:?} are empty"));
+    if !(finite && b.x_min <= b.x_max && b.y_min <= b.y_max) {
+        return Err(format!("track bounds {b:?} are empty or not finite"));
     }
     let mut prev_start = f64::NEG_INFINITY;
     for (i, iv) in meta.track_status.iter().enumerate() {
