@@ -195,8 +195,9 @@ describe("viewers on different networks", () => {
     await victim.waitForSelector('body[data-stalled="false"]', { timeout: 10000 });
     // A fresh round of time requests after the reconnect.
     await victim.waitForFunction((old) => document.getElementById("sync").dataset.rtt !== old, oldRtt);
+    // Back in step with the reference page (within two frames: see the seek test).
     for (const row of await spreads([reference, victim], 4)) {
-      assert.ok(Math.abs(row[1]) <= 1, `frames apart after the reconnect: ${row}`);
+      assert.ok(Math.abs(row[1]) <= 2, `frames apart after the reconnect: ${row}`);
     }
     assert.ok((await frame()) > held, "back on the shared playhead");
     await reference.close();
