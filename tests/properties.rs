@@ -356,6 +356,7 @@ fn command_text() -> impl Strategy<Value = String> {
         Just("seek".to_owned()),
         Just("speed".to_owned()),
         Just("time".to_owned()),
+        Just("auth".to_owned()),
         "[a-z]{0,6}",
     ];
     let fields = proptest::collection::vec(
@@ -366,6 +367,7 @@ fn command_text() -> impl Strategy<Value = String> {
                 Just("value".to_owned()),
                 Just("t0".to_owned()),
                 Just("cmd".to_owned()),
+                Just("token".to_owned()),
                 "[a-z]{1,4}",
             ],
             json_value(),
@@ -524,6 +526,10 @@ proptest! {
             Ok(Request::Control(Command::Play | Command::Pause)) => {
                 let name = value.as_ref().and_then(|v| v.get("cmd")).and_then(|v| v.as_str());
                 prop_assert!(matches!(name, Some("play" | "pause")));
+            }
+            Ok(Request::Auth { token }) => {
+                let given = value.as_ref().and_then(|v| v.get("token")).and_then(|v| v.as_str());
+                prop_assert_eq!(Some(token.as_str()), given);
             }
             Err(err) => {
                 prop_assert!(matches!(
