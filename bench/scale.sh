@@ -14,7 +14,10 @@ OUT=${OUT:-/tmp/replay-hub-scale}
 BIN=${CARGO_TARGET_DIR:-target}/release/replay-hub
 # One descriptor per viewer on each side, and some to spare (raising the hard limit needs root).
 FDS=$((VIEWERS + 1000))
-ulimit -Hn "$FDS" 2>/dev/null || true
+if ! ulimit -Hn "$FDS" 2>/dev/null; then
+  FDS=$(ulimit -Hn)
+  echo "warning: the hard open-file limit is $FDS here: each side can hold fewer than $FDS viewers" >&2
+fi
 ulimit -n "$FDS" || { echo "cannot raise the open-file limit to $FDS" >&2; exit 1; }
 [[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub >&2
 mkdir -p "$OUT"
