@@ -389,7 +389,7 @@ async fn every_error_is_json_even_off_the_map() {
 async fn the_web_viewer_is_served_from_the_binary() {
     let hub = TestHub::start();
     for (path, content_type, marker) in [
-        ("/", "text/html", "Sessions"),
+        ("/", "text/html", "Races and sessions"),
         ("/sessions/demo", "text/html", "leaderboard"),
         ("/assets/app.js", "text/javascript", "requestAnimationFrame"),
         ("/assets/worker.js", "text/javascript", "WebSocket"),
