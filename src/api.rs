@@ -248,17 +248,22 @@ async fn list_races(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(state.hub.send(ListRaces).await?))
 }
 
+/// A race's catalogue entry (metadata, its JSON and ETags), without loading its frames.
+async fn race_entry(state: &ApiState, race: &str) -> Result<crate::hub::RaceEntry, ApiError> {
+    state
+        .hub
+        .send(GetRace(race.to_owned()))
+        .await?
+        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.to_owned())))
+}
+
 async fn race_meta(
     req: HttpRequest,
     race: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let race = race.into_inner();
-    let entry = state
-        .hub
-        .send(GetRace(race.clone()))
-        .await?
-        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
+    let entry = race_entry(&state, &race).await?;
     Ok(revalidated(&req, &entry.etag, entry.meta_json))
 }
 
@@ -269,11 +274,7 @@ async fn race_events(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let race = race.into_inner();
-    let entry = state
-        .hub
-        .send(GetRace(race.clone()))
-        .await?
-        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
+    let entry = race_entry(&state, &race).await?;
     Ok(revalidated(&req, &entry.events_etag, entry.events_json))
 }
 
@@ -317,11 +318,7 @@ async fn race_frames(
 ) -> Result<HttpResponse, ApiError> {
     // The range is checked against the metadata first: a bad request loads nothing.
     let race = race.into_inner();
-    let entry = state
-        .hub
-        .send(GetRace(race.clone()))
-        .await?
-        .ok_or_else(|| ApiError::from(crate::hub::HubError::RaceNotFound(race.clone())))?;
+    let entry = race_entry(&state, &race).await?;
     let FrameRange { from, to, enc } = range.into_inner();
     let compact = match enc.as_deref() {
         None | Some("msgpack") => false,
