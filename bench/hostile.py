@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What hostile clients cost the hub: resident memory before and after each attack, and how long
 a graceful shutdown takes against its timeout. Figures for docs/SECURITY.md and BENCHMARKS.md,
-not a test (tests/hardening.rs asserts the behaviour).
+not a test (tests/it/hardening.rs asserts the behaviour).
 
 usage: bench/hostile.py [BINARY]   (default target/release/replay-hub; build it first)
 

@@ -1,7 +1,7 @@
 //! Several hubs serving one session in step through Redis: the same frame at the same moment,
 //! control from any replica, a replica lost, Redis lost.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -29,7 +29,7 @@ async fn timed_frames(viewer: &mut Viewer, span: Duration) -> Vec<(Instant, u32)
     let end = Instant::now() + span;
     let mut seen = Vec::new();
     while let Ok(received) = tokio::time::timeout_at(end, viewer.next()).await {
-        if let Received::Frame(frame, _) = received {
+        if let Received::Frame(frame) = received {
             seen.push((Instant::now(), frame.i));
         }
     }
@@ -107,7 +107,7 @@ async fn a_timeline_adopted_at_the_same_epoch_reaches_viewers_as_a_state() {
         assert_eq!(state["anchor_frame"], target);
         assert_eq!(state["playing"], false);
         let shown = match viewer.next().await {
-            Received::Frame(frame, _) => vec![frame.i],
+            Received::Frame(frame) => vec![frame.i],
             Received::Window(window) => window.indices,
             other => panic!("expected frames after the state, got {other:?}"),
         };

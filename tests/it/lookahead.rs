@@ -1,7 +1,7 @@
 //! Look-ahead delivery against the real hub: windows of upcoming frames, seeks inside a window,
 //! pause and speed changes, latest-wins for a slow viewer, and the time-sync exchange.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! and log shippers, the admin token is printed only when generated, and `loadtest` fails
 //! when it could not do what it was asked.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! injected faults. The imported race must pass the hub's validation, play in the hub, and
 //! keep its cars on the track outline.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! REST behaviour against the real hub: races, metadata caching, frame ranges, sessions and their
 //! errors, and the `generate` command.
 
-mod common;
+use crate::common;
 
 use common::TestHub;
 use replay_hub::encode::decode_frame;

@@ -1,7 +1,7 @@
 //! WebSocket behaviour against the real hub: synchronised fan-out, control, bad input, slow and
 //! stalled viewers, deletion and shutdown.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ async fn collect_frames(viewer: &mut Viewer, span: Duration) -> Vec<u32> {
     while Instant::now() < end {
         if let Ok(received) = tokio::time::timeout_at(end, viewer.next()).await {
             match received {
-                Received::Frame(frame, _) => seen.push(frame.i),
+                Received::Frame(frame) => seen.push(frame.i),
                 Received::Json(_) => {}
                 Received::Window(w) => panic!("a window in push mode: {:?}", w.indices),
                 Received::Closed(c) => panic!("closed: {c:?}"),
@@ -161,7 +161,7 @@ async fn no_stale_frame_after_a_seek() {
                         break;
                     }
                 }
-                Received::Frame(frame, _) => {
+                Received::Frame(frame) => {
                     if let Some((lo, hi)) = window {
                         assert!(
                             (lo..=hi).contains(&frame.i),

@@ -2,7 +2,7 @@
 //! carrying the push-mode frames within the documented quantisation, on the same schedule as
 //! msgpack windows (seek included), and far smaller.
 
-mod common;
+use crate::common;
 
 use common::{Received, TestHub, Viewer};
 use replay_hub::encode::{DecodedFrame, DecodedWindow};

@@ -1,6 +1,5 @@
 //! Shared test harness: starts the real hub on port 0 in its own actix system thread and talks to
 //! it with real HTTP (reqwest) and WebSocket (tokio-tungstenite) clients.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,7 +180,7 @@ impl Drop for TestHub {
 /// What a viewer received, one WebSocket message at a time.
 #[derive(Debug)]
 pub enum Received {
-    Frame(DecodedFrame, usize),
+    Frame(DecodedFrame),
     Json(Value),
     /// A look-ahead window.
     Window(DecodedWindow),
@@ -232,7 +231,7 @@ impl Viewer {
                         return Received::Window(window);
                     }
                     let frame = decode_frame(&bytes).expect("a wire frame");
-                    return Received::Frame(frame, bytes.len());
+                    return Received::Frame(frame);
                 }
                 Some(Ok(Message::Text(text))) => {
                     return Received::Json(serde_json::from_str(&text).expect("JSON text"))
@@ -268,7 +267,7 @@ impl Viewer {
     pub async fn next_frame(&mut self) -> DecodedFrame {
         loop {
             match self.next().await {
-                Received::Frame(f, _) => return f,
+                Received::Frame(f) => return f,
                 Received::Json(_) | Received::Window(_) => continue,
                 Received::Closed(c) => panic!("closed while waiting for a frame: {c:?}"),
             }

@@ -3,7 +3,7 @@
 //! expression of the Grafana dashboard with data. Needs `prometheus` and `promtool` (the Debian
 //! package `prometheus`, which the test script installs).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

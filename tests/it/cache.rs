@@ -2,7 +2,7 @@
 //! and private `redis-server`s for the tests that kill or stall it), the directory cache, race
 //! upload and `replay-hub import`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;

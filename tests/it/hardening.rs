@@ -1,7 +1,7 @@
 //! What hostile clients, files and cache or broker entries send: each is answered with its
 //! documented error, and the hub keeps serving everyone else.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

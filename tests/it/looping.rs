@@ -1,6 +1,6 @@
 //! Looping sessions: the demo (and a session created with `"loop": true`) plays again from the
 //! start after a pause at the finish; other sessions stay stopped at the finish.
-mod common;
+use crate::common;
 
 use common::{TestHub, Viewer};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! Race files put into (or taken out of) a running hub's data directory: picked up by the
 //! watcher without a restart, or at once with `POST /api/races/rescan`.
 
-mod common;
+use crate::common;
 
 use common::{eventually, TestHub};
 use replay_hub::race::{generate, write_race, GenParams};

@@ -601,7 +601,7 @@ fn the_small_race_is_a_valid_race() {
 }
 
 /// Writes the fuzz targets' seed corpus under fuzz/seeds/ (see fuzz/README.md):
-/// `cargo test --test properties -- --ignored write_fuzz_seeds`.
+/// `cargo test --test it properties::write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/seeds; run by hand when the formats change"]
 fn write_fuzz_seeds() {
@@ -752,7 +752,7 @@ fn cached_metadata_damaged_into_other_valid_metadata_is_refused() {
 /// sent it (JSON writes NaN as null). Non-finite coordinates and bounds are now refused.
 #[test]
 fn a_track_coordinate_that_is_not_finite_is_refused() {
-    let found = include_bytes!("../fuzz/seeds/race_file/regression-nan-track");
+    let found = include_bytes!("../../fuzz/seeds/race_file/regression-nan-track");
     let err = read_meta(&found[..]).expect_err("the fuzzer's input is refused");
     assert!(
         matches!(&err, RaceFileError::Invalid(m) if m.contains("inner_x[11]") && m.contains("finite")),

@@ -1,7 +1,7 @@
 //! A hub without a broker keeps its sessions in the data directory: after a restart the same
 //! session id answers with the same control token at the frame its timeline says.
 
-mod common;
+use crate::common;
 
 use common::{TestHub, Viewer};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! stops, retirements and safety car, is cacheable with a strong ETag, and stays out of the
 //! metadata.
 
-mod common;
+use crate::common;
 
 use common::TestHub;
 use replay_hub::race::{generate, write_race, GenParams};

@@ -2,7 +2,7 @@
 //! and no network generates its demo race on a real circuit (Monza, embedded in the binary),
 //! serves that outline, and its cars race on it.
 
-mod common;
+use crate::common;
 
 use common::{TestHub, Viewer};
 use replay_hub::race::circuit;
