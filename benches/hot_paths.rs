@@ -16,9 +16,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use replay_hub::encode::{encode_frame, window_message, ws_binary, EncodedRace};
 use replay_hub::feed::Broadcast;
 use replay_hub::metrics::Metrics;
+use replay_hub::outlet::DeliveryStats;
 use replay_hub::outlet::{Out, Outlet, Subscription, Wire};
 use replay_hub::race::{generate, Frame, GenParams};
-use replay_hub::session::DeliveryStats;
 
 fn race() -> (replay_hub::race::RaceMeta, Vec<Frame>) {
     let params = GenParams {

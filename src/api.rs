@@ -16,17 +16,18 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::admission::Admit;
-use crate::broker::{token_hash, Broker};
 use crate::cache::RaceCache;
 use crate::error::ApiError;
 use crate::feed::Mode;
 use crate::frame_guard::{self, FrameGuard};
 use crate::hub::{
-    random_token, valid_id, CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub,
-    ImportRace, ListRaces, ListSessions, LoadRace,
+    CreateSession, DeleteSession, FindSession, GetRace, GetSession, Hub, ImportRace, ListRaces,
+    ListSessions, LoadRace,
 };
+use crate::ids::{random_token, same_secret, RaceId};
 use crate::metrics::Metrics;
 use crate::outlet::{Outlet, Wire};
+use crate::replication::Replication;
 use crate::viewer::{Access, Connection, Viewer, ViewerLimits};
 use crate::window_codec::WindowEncoding;
 
@@ -50,7 +51,7 @@ pub struct ApiState {
     /// Read for readiness only; the hub does the caching.
     pub cache: Option<Arc<RaceCache>>,
     pub metrics: Arc<Metrics>,
-    pub broker: Option<Arc<Broker>>,
+    pub broker: Option<Arc<Replication>>,
     /// Set on shutdown: readiness turns false before viewers are closed.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -184,10 +185,8 @@ async fn upload_race(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = race.into_inner();
-    if !valid_id(&id) {
-        return Err(ApiError::BadRequest(format!(
-            "invalid race id {id:?}: use 1 to 64 of a-z, 0-9, '-' and '_'"
-        )));
+    if let Err(err) = RaceId::parse(id.as_str()) {
+        return Err(ApiError::BadRequest(err.to_string()));
     }
     let upload = state
         .data_dir
@@ -556,7 +555,7 @@ async fn websocket(
     let can_control = query
         .token
         .as_deref()
-        .is_some_and(|t| same_secret(&token_hash(t), &token_sha256));
+        .is_some_and(|t| token_sha256.matches(t));
     // actix-ws does the handshake and parses what the client sends; what the hub sends goes
     // through its own writer, which writes bytes framed once per session instead of per viewer.
     // Frame headers are checked as bytes arrive, before actix-ws buffers a frame's payload.
@@ -618,34 +617,7 @@ fn require_admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
-/// Compares secrets in time independent of where they differ and of their lengths: both are
-/// hashed first, and the fixed-size digests compared in full.
-pub(crate) fn same_secret(a: &str, b: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    a.iter().zip(b.iter()).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Rate limit from the config, which clap keeps at 1 or more.
 pub fn commands_per_second(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_compare_whole_whatever_their_lengths() {
-        assert!(same_secret("test-admin-token", "test-admin-token"));
-        for other in [
-            "",
-            "t",
-            "test-admin-toke",
-            "test-admin-tokenx",
-            "Test-admin-token",
-        ] {
-            assert!(!same_secret(other, "test-admin-token"), "{other:?}");
-        }
-    }
 }

@@ -19,16 +19,19 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::broker::{token_hash, Broker, BrokerEvent, SessionRecord};
 use crate::cache::{file_content_id, CacheError, RaceCache};
 use crate::encode::EncodedRace;
-use crate::metrics::Metrics;
-use crate::race::{RaceMeta, RaceReader};
-use crate::session::{
-    End, GetInfo, PlayedRace, Resync, Session, SessionFailed, SessionInfo, SessionSync,
-    StatsSnapshot, Sync,
+use crate::ids::{
+    hex, is_valid_id as valid_id, random_token, InvalidId, RaceId, SessionId, TokenHash,
 };
-use crate::session_store::{LocalSync, SessionStore};
+use crate::metrics::Metrics;
+use crate::outlet::DeliveryTotals;
+use crate::race::{RaceMeta, RaceReader};
+use crate::replication::{Adopt, ReplicaEvent, Replication, SessionRecord, TimelineChanged};
+use crate::session::{
+    End, GetInfo, PlayedRace, Replica, Resync, Session, SessionFailed, SessionInfo, Timeline,
+};
+use crate::session_store::{Forget, LocalStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
@@ -40,8 +43,8 @@ pub enum HubError {
     SessionExists(String),
     #[error("the hub already has its maximum of {0} sessions")]
     TooManySessions(usize),
-    #[error("invalid id {0:?}: use 1 to 64 of a-z, 0-9, '-' and '_'")]
-    InvalidId(String),
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
     #[error("race {race:?} could not be loaded: {reason}")]
     LoadFailed { race: String, reason: String },
     #[error("invalid race file: {0}")]
@@ -96,14 +99,6 @@ fn estimated_bytes(meta: &RaceMeta) -> u64 {
     u64::from(meta.total_frames) * (44 + 56 * meta.drivers.len() as u64)
 }
 
-/// True for ids usable in URLs and keys: 1–64 of `[a-z0-9_-]`.
-pub fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 /// A race known to the hub: where its file is (none when it is only in the cache) and its
 /// metadata, ready to serve over HTTP.
 #[derive(Debug, Clone)]
@@ -154,10 +149,6 @@ impl RaceEntry {
 fn strong_etag(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     format!("\"{}\"", hex(&digest[..16]))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -270,7 +261,7 @@ struct SessionEntry {
     addr: Addr<Session>,
     race: String,
     /// Only the hash is kept: sessions joined from another replica never see the token.
-    token_sha256: String,
+    token_sha256: TokenHash,
 }
 
 type LoadResult = Result<Arc<EncodedRace>, HubError>;
@@ -290,11 +281,14 @@ pub struct Hub {
     /// Length of a look-ahead window, for every session.
     lookahead_window: Duration,
     metrics: Arc<Metrics>,
-    broker: Option<Arc<Broker>>,
+    /// Redis, when replicas share sessions.
+    broker: Option<Arc<Replication>>,
+    /// Where sessions report their timelines: the Redis publisher, or the local store.
+    replica_sink: Option<Recipient<TimelineChanged>>,
     /// This actor's own address, for sessions to report a failure to.
     me: Option<Addr<Hub>>,
     /// Without a broker: where sessions are kept for a restart.
-    store: Option<SessionStore>,
+    store: Option<Addr<LocalStore>>,
     /// How long a looping session waits at the finish before it plays again.
     loop_pause: Duration,
 }
@@ -313,6 +307,7 @@ impl Hub {
             lookahead_window,
             metrics,
             broker: None,
+            replica_sink: None,
             me: None,
             store: None,
             loop_pause: DEFAULT_LOOP_PAUSE,
@@ -341,15 +336,22 @@ impl Hub {
         self
     }
 
-    /// Shares sessions with other replicas through `broker`.
-    pub fn with_broker(mut self, broker: Option<Arc<Broker>>) -> Self {
-        self.broker = broker;
+    /// Shares sessions with other replicas through Redis: the hub asks `replication` for
+    /// records, and sessions report their timelines to `publisher`.
+    pub fn with_replication(
+        mut self,
+        replication: Arc<Replication>,
+        publisher: Recipient<TimelineChanged>,
+    ) -> Self {
+        self.broker = Some(replication);
+        self.replica_sink = Some(publisher);
         self
     }
 
-    /// Keeps sessions in `store` so they survive a restart (used only without a broker).
-    pub fn with_store(mut self, store: Option<SessionStore>) -> Self {
-        self.store = store;
+    /// Keeps sessions in `store` so they survive a restart (without Redis).
+    pub fn with_store(mut self, store: Addr<LocalStore>) -> Self {
+        self.replica_sink = Some(store.clone().recipient());
+        self.store = Some(store);
         self
     }
 
@@ -484,13 +486,13 @@ impl Hub {
         if self.sessions.len() >= self.max_sessions {
             return Err(HubError::TooManySessions(self.max_sessions));
         }
-        match id {
-            Some(id) if !valid_id(id) => Err(HubError::InvalidId(id.to_owned())),
-            Some(id) if self.sessions.contains_key(id) => {
-                Err(HubError::SessionExists(id.to_owned()))
+        if let Some(id) = id {
+            SessionId::parse(id)?;
+            if self.sessions.contains_key(id) {
+                return Err(HubError::SessionExists(id.to_owned()));
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     /// Learns of a race that only the cache knows (imported elsewhere, or its file is gone),
@@ -545,7 +547,7 @@ impl Hub {
             Some(record) => (String::new(), record.token_sha256.clone()),
             None => {
                 let token = random_token(16);
-                let hash = token_hash(&token);
+                let hash = TokenHash::of(&token);
                 (token, hash)
             }
         };
@@ -561,35 +563,24 @@ impl Hub {
         if looping {
             session = session.looping(self.loop_pause);
         }
-        let mut record = None;
-        if let Some(broker) = &self.broker {
-            let sync = SessionSync {
-                broker: broker.clone(),
-                race: race.id().to_owned(),
+        let race_id = RaceId::parse(race.id())?;
+        if let Some(sink) = &self.replica_sink {
+            let replica = Replica {
+                sink: sink.clone(),
+                race: race_id.clone(),
                 token_sha256: token_sha256.clone(),
-                looping,
             };
-            session = session.with_sync(sync, joined.as_ref().map(|r| r.timeline));
-            if joined.is_none() {
-                record = Some(SessionRecord {
-                    race: race.id().to_owned(),
-                    token_sha256: token_sha256.clone(),
-                    timeline: session.shared(),
-                    looping,
-                });
-            }
+            session = session.with_replica(replica, joined.as_ref().map(|r| r.timeline));
         }
+        // A new session's record is stored in Redis before anyone is told it exists.
+        let record = (self.broker.is_some() && joined.is_none()).then(|| SessionRecord {
+            race: race_id,
+            token_sha256: token_sha256.clone(),
+            timeline: session.shared(),
+            looping,
+        });
         if let Some(me) = &self.me {
             session = session.on_failure(me.clone().recipient());
-        }
-        if let (None, Some(store)) = (&self.broker, &self.store) {
-            let local = LocalSync {
-                store: store.clone(),
-                race: race.id().to_owned(),
-                token_sha256: token_sha256.clone(),
-                looping,
-            };
-            session = session.with_local_store(local, joined.as_ref().map(|r| r.timeline));
         }
         let addr = session.start();
         tracing::info!(session = %id, race = %race.id(), joined = joined.is_some(), "session started");
@@ -647,12 +638,6 @@ impl Hub {
             }))
         }))
     }
-}
-
-/// A random lowercase hex string of `bytes` random bytes.
-pub fn random_token(bytes: usize) -> String {
-    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
-    hex(&raw)
 }
 
 impl Actor for Hub {
@@ -900,11 +885,11 @@ impl Handler<ImportRace> for Hub {
 /// A session's address and its control token's SHA-256, for the WebSocket route; a session
 /// created on another replica is joined here.
 #[derive(Message)]
-#[rtype(result = "Option<(Addr<Session>, String)>")]
+#[rtype(result = "Option<(Addr<Session>, TokenHash)>")]
 pub struct FindSession(pub String);
 
 impl Handler<FindSession> for Hub {
-    type Result = ResponseActFuture<Self, Option<(Addr<Session>, String)>>;
+    type Result = ResponseActFuture<Self, Option<(Addr<Session>, TokenHash)>>;
     fn handle(&mut self, msg: FindSession, _: &mut Context<Self>) -> Self::Result {
         self.reap();
         Box::pin(self.local_session(&msg.0).map(move |addr, act, _| {
@@ -941,6 +926,11 @@ impl Handler<ListSessions> for Hub {
             .map(|s| s.addr.send(GetInfo))
             .collect();
         let broker = self.broker.clone().filter(|b| b.is_ready());
+        let frames: HashMap<String, u32> = self
+            .races
+            .iter()
+            .map(|(id, race)| (id.clone(), race.meta.total_frames))
+            .collect();
         Box::pin(async move {
             let mut sessions: Vec<SessionInfo> =
                 join_all(asks).await.into_iter().flatten().collect();
@@ -951,7 +941,8 @@ impl Handler<ListSessions> for Hub {
             };
             for (id, record) in remote {
                 if sessions.iter().all(|s| s.id != id) {
-                    sessions.push(remote_info(id, &record));
+                    let total_frames = frames.get(record.race.as_str()).copied();
+                    sessions.push(remote_info(id, &record, total_frames));
                 }
             }
             sessions.sort_by(|a, b| a.id.cmp(&b.id));
@@ -960,16 +951,20 @@ impl Handler<ListSessions> for Hub {
     }
 }
 
-fn remote_info(id: String, record: &SessionRecord) -> SessionInfo {
-    let mut timeline = crate::session::Timeline::new(u32::MAX, false, std::time::Instant::now());
-    // Records are checked as the broker reads them; an unchecked one shows as paused at 0.
-    let _ = timeline.adopt(&record.timeline);
+/// A session only another replica plays, described from its record: its frame now, clamped to
+/// the race's end when this hub knows the race (else the frame it was anchored at).
+fn remote_info(id: String, record: &SessionRecord, total_frames: Option<u32>) -> SessionInfo {
+    let now = std::time::Instant::now();
+    let timeline = match total_frames {
+        Some(frames) => Timeline::joined(frames, &record.timeline, now),
+        None => Timeline::joined(record.timeline.anchor_frame + 1, &record.timeline, now),
+    };
     SessionInfo {
         id,
-        race: record.race.clone(),
+        race: record.race.to_string(),
         viewers: 0,
         state: timeline.state(std::time::Instant::now()),
-        stats: StatsSnapshot::default(),
+        stats: DeliveryTotals::default(),
         looping: record.looping,
     }
 }
@@ -1026,38 +1021,34 @@ impl Hub {
             entry.addr.do_send(end);
             return true;
         };
-        if let Err(err) = store.remove(id) {
-            tracing::warn!(session = %id, %err, "stored session not removed");
-        }
-        // And again once the session has handled what was queued before its end, so a command
-        // still in its mailbox cannot have written the record back.
+        store.do_send(Forget(id.to_owned()));
+        // And again once the session has handled what was queued before its end: whatever it
+        // saved until then is in the store's mailbox ahead of this.
         let (ended, id) = (entry.addr.send(end), id.to_owned());
         actix::spawn(async move {
             let _ = ended.await;
-            if let Err(err) = store.remove(&id) {
-                tracing::warn!(session = %id, %err, "stored session not removed");
-            }
+            store.do_send(Forget(id));
         });
         true
     }
 }
 
-impl Handler<BrokerEvent> for Hub {
+impl Handler<ReplicaEvent> for Hub {
     type Result = ();
-    fn handle(&mut self, event: BrokerEvent, _: &mut Context<Self>) {
+    fn handle(&mut self, event: ReplicaEvent, _: &mut Context<Self>) {
         match event {
-            BrokerEvent::Connected => {
+            ReplicaEvent::Connected => {
                 for entry in self.sessions.values() {
                     entry.addr.do_send(Resync);
                 }
             }
-            BrokerEvent::Disconnected => {}
-            BrokerEvent::Updated { id, record } => {
+            ReplicaEvent::Disconnected => {}
+            ReplicaEvent::Updated { id, record } => {
                 if let Some(entry) = self.sessions.get(&id) {
-                    entry.addr.do_send(Sync(record.timeline));
+                    entry.addr.do_send(Adopt(record.timeline));
                 }
             }
-            BrokerEvent::Deleted { id } => {
+            ReplicaEvent::Deleted { id } => {
                 self.end_session(&id, "session deleted");
             }
         }
@@ -1124,7 +1115,7 @@ impl Handler<ResumeSession> for Hub {
                     Ok(race) => race,
                     Err(err @ HubError::RaceNotFound(_)) => {
                         if let Some(store) = &act.store {
-                            let _ = store.remove(&id);
+                            store.do_send(Forget(id.clone()));
                         }
                         return Err(err);
                     }
@@ -1202,28 +1193,5 @@ impl Handler<Rescanned> for Hub {
         self.metrics.races_loaded.set(self.loaded.len() as i64);
         report.races = self.races.len();
         MessageResult(report)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_url_and_key_safe() {
-        for ok in ["demo", "a", "race-2024_bahrain", &"x".repeat(64)] {
-            assert!(valid_id(ok), "{ok}");
-        }
-        for bad in ["", "Demo", "a b", "a/b", "ü", &"x".repeat(65), "a:b"] {
-            assert!(!valid_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn tokens_are_random_hex() {
-        let (a, b) = (random_token(16), random_token(16));
-        assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

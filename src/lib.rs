@@ -6,8 +6,8 @@
 
 pub mod admission;
 pub mod api;
-pub mod broker;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod datadir;
 pub mod encode;
@@ -16,12 +16,14 @@ pub mod fd_limit;
 pub mod feed;
 pub mod frame_guard;
 pub mod hub;
+pub mod ids;
 pub mod import;
 pub mod loadtest;
 pub mod metrics;
 pub mod outlet;
 pub mod pages;
 pub mod race;
+pub mod replication;
 pub mod session;
 pub mod session_store;
 pub mod viewer;
@@ -41,12 +43,12 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, HttpServer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::broker::Broker;
 use crate::cache::RaceCache;
 use crate::config::{Config, GenerateArgs};
 use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
 use crate::metrics::Metrics;
 use crate::race::{generate_on, write_race, GenParams};
+use crate::replication::{Publisher, Replication};
 use crate::viewer::ViewerLimits;
 
 pub use crate::datadir::scan_races;
@@ -128,11 +130,14 @@ impl App {
         };
         let (broker_url, prefix) = (config.broker.clone(), config.cache.cache_prefix.clone());
         let mut broker = None;
+        let local_store = store
+            .clone()
+            .map(|store| session_store::LocalStore::new(store).start());
         let hub = Hub::create(|ctx| {
             broker = broker_url
                 .as_deref()
-                .map(|url| Broker::connect(url, &prefix, ctx.address().recipient()));
-            Hub::new(
+                .map(|url| Replication::connect(url, &prefix, ctx.address().recipient()));
+            let mut hub = Hub::new(
                 races,
                 cache.clone(),
                 config.data_dir.clone(),
@@ -141,7 +146,6 @@ impl App {
                 config.lookahead_window(),
                 metrics.clone(),
             )
-            .with_broker(broker.clone())
             .with_limits(hub::RaceLimits {
                 memory_budget: config.race_memory_budget,
                 load_retry: Duration::from_millis(config.load_retry_ms),
@@ -149,13 +153,20 @@ impl App {
                     config.session_commands_per_second,
                 ),
             })
-            .with_store(store.clone())
-            .with_loop_pause(Duration::from_millis(config.loop_pause_ms))
+            .with_loop_pause(Duration::from_millis(config.loop_pause_ms));
+            if let Some(replication) = &broker {
+                let publisher = Publisher::new(replication.clone()).start();
+                hub = hub.with_replication(replication.clone(), publisher.recipient());
+            }
+            if let Some(store) = &local_store {
+                hub = hub.with_store(store.clone());
+            }
+            hub
         });
         let admin_token = config
             .admin_token
             .clone()
-            .unwrap_or_else(|| hub::random_token(16));
+            .unwrap_or_else(|| ids::random_token(16));
 
         if let Some(broker) = &broker {
             // Give the broker a moment, so the first requests see sessions other replicas have.
@@ -566,10 +577,8 @@ pub fn generate_race_file(args: &GenerateArgs) -> Result<race::RaceMeta, String>
             .map(|s| s.to_lowercase())
             .ok_or("cannot derive a race id from --out; pass --id")?,
     };
-    if !hub::valid_id(&id) {
-        return Err(format!(
-            "invalid race id {id:?}: use 1 to 64 of a-z, 0-9, '-' and '_' (pass --id)"
-        ));
+    if let Err(err) = ids::RaceId::parse(id.as_str()) {
+        return Err(format!("{err} (pass --id)"));
     }
     let params = GenParams {
         laps: args.laps,

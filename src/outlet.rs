@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -14,9 +15,10 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::Bytes;
 use prometheus::local::LocalHistogram;
+use serde::Serialize;
 
 use crate::feed::{FeedHandle, LocalFeed, LocalValue};
-use crate::session::DeliveryStats;
+use crate::metrics::Metrics;
 
 /// A writer that has written nothing for this long counts its drops as "stalled", not "slow".
 const STALLED_AFTER: Duration = Duration::from_secs(1);
@@ -337,4 +339,76 @@ impl MessageBody for Outlet {
             }
         }
     }
+}
+
+/// Delivery counters shared by a session and its viewers (atomics, no lock): per session for the
+/// API, and added to the hub-wide Prometheus metrics at the same time.
+pub struct DeliveryStats {
+    frames_sent: AtomicU64,
+    frames_dropped: AtomicU64,
+    bytes_sent: AtomicU64,
+    stalled_closed: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl DeliveryStats {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            frames_sent: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            stalled_closed: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Frames (and their bytes) handed to sockets; writers add theirs in batches.
+    pub fn count_sent(&self, frames: u64, bytes: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.frames_sent.fetch_add(frames, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.frames_sent.inc_by(frames);
+        self.metrics.bytes_sent.inc_by(bytes);
+    }
+
+    /// Frames a viewer will not get because a newer one replaced them before its socket had
+    /// room; `stalled` when the socket has accepted nothing for a while.
+    pub fn count_dropped(&self, frames: u64, stalled: bool) {
+        if frames == 0 {
+            return;
+        }
+        self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
+        let reason = if stalled { "stalled" } else { "slow" };
+        self.metrics
+            .frames_dropped
+            .with_label_values(&[reason])
+            .inc_by(frames);
+    }
+
+    pub fn count_stalled_close(&self) {
+        self.stalled_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> DeliveryTotals {
+        DeliveryTotals {
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            stalled_closed: self.stalled_closed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct DeliveryTotals {
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub bytes_sent: u64,
+    pub stalled_closed: u64,
 }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::SessionRecord;
-use crate::hub::valid_id;
-use crate::session::SharedTimeline;
+use actix::prelude::*;
+
+use crate::ids::is_valid_id as valid_id;
+use crate::replication::{SessionRecord, TimelineChanged};
 
 /// Largest session file read back; a record is a few hundred bytes.
 pub const MAX_RECORD_BYTES: u64 = 16 * 1024;
@@ -162,26 +163,42 @@ fn read_record(path: &Path) -> Result<StoredSession, StoreError> {
     Ok(stored)
 }
 
-/// What a session needs to keep its own record up to date.
-#[derive(Debug, Clone)]
-pub struct LocalSync {
-    pub store: SessionStore,
-    pub race: String,
-    pub token_sha256: String,
-    pub looping: bool,
+/// The store as an actor: sessions send it their [`TimelineChanged`] as they would to the
+/// Redis publisher, and the hub its [`Forget`]s; one mailbox keeps them in order, so a record
+/// a session saved just before it was deleted cannot be written back after its removal.
+pub struct LocalStore {
+    store: SessionStore,
 }
 
-impl LocalSync {
-    /// Saves session `id` with `timeline`; a failure is logged, and the session plays on.
-    pub fn save(&self, id: &str, timeline: SharedTimeline) {
-        let record = SessionRecord {
-            race: self.race.clone(),
-            token_sha256: self.token_sha256.clone(),
-            timeline,
-            looping: self.looping,
-        };
-        if let Err(err) = self.store.save(id, &record) {
-            tracing::warn!(session = %id, %err, "session not saved; it will not survive a restart");
+impl LocalStore {
+    pub fn new(store: SessionStore) -> Self {
+        Self { store }
+    }
+}
+
+impl Actor for LocalStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<TimelineChanged> for LocalStore {
+    type Result = ();
+    fn handle(&mut self, msg: TimelineChanged, _: &mut Context<Self>) {
+        if let Err(err) = self.store.save(&msg.id, &msg.record) {
+            tracing::warn!(session = %msg.id, %err, "session not saved; it will not survive a restart");
+        }
+    }
+}
+
+/// Removes a session's record: it was deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub String);
+
+impl Handler<Forget> for LocalStore {
+    type Result = ();
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        if let Err(err) = self.store.remove(&msg.0) {
+            tracing::warn!(session = %msg.0, %err, "stored session not removed");
         }
     }
 }
@@ -189,11 +206,12 @@ impl LocalSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::SharedTimeline;
 
     fn record(epoch: u64) -> SessionRecord {
         SessionRecord {
-            race: "demo".into(),
-            token_sha256: "ab".repeat(32),
+            race: crate::ids::RaceId::parse("demo").unwrap(),
+            token_sha256: crate::ids::TokenHash::of("token"),
             timeline: SharedTimeline {
                 playing: false,
                 speed: 2.0,

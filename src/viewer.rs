@@ -26,8 +26,9 @@ use crate::encode::{
 use crate::feed::{Feed, Mode};
 use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
+use crate::outlet::DeliveryStats;
 use crate::outlet::{Out, Subscription, Wire};
-use crate::session::{Control, DeliveryStats, Ended, Join, Joined, Leave, Request, Session};
+use crate::session::{Control, Ended, Join, Joined, Leave, Request, Session};
 use crate::window_codec::WindowEncoding;
 
 /// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
@@ -55,7 +56,7 @@ pub struct ViewerLimits {
 /// against the token's hash) and its delivery mode.
 pub struct Access {
     pub can_control: bool,
-    pub token_sha256: String,
+    pub token_sha256: crate::ids::TokenHash,
     pub mode: Mode,
     /// How look-ahead windows are encoded for this client.
     pub encoding: WindowEncoding,
@@ -77,7 +78,7 @@ pub struct Viewer {
     gone: Disconnect,
     can_control: bool,
     /// The session's control-token hash, for a token presented with `auth`.
-    token_sha256: String,
+    token_sha256: crate::ids::TokenHash,
     mode: Mode,
     encoding: WindowEncoding,
     limits: ViewerLimits,
@@ -276,13 +277,12 @@ impl Viewer {
         let command = match Request::parse(text, joined.race.total_frames()) {
             Ok(Request::Time { t0 }) => {
                 self.count_command("time", "ok");
-                let server_ms = crate::session::wall_us() as f64 / 1000.0;
+                let server_ms = crate::clock::wall_us() as f64 / 1000.0;
                 self.queue(ws_text(time_message(t0, server_ms)), ctx);
                 return;
             }
             Ok(Request::Auth { token }) => {
-                let matches =
-                    crate::api::same_secret(&crate::broker::token_hash(&token), &self.token_sha256);
+                let matches = self.token_sha256.matches(&token);
                 if matches {
                     self.can_control = true;
                     self.count_command("auth", "ok");

@@ -121,15 +121,8 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Checks the metadata rules of docs/RACE_FORMAT.md; the message names the first violation.
 fn validate_meta(meta: &RaceMeta) -> Result<(), String> {
-    let id_ok = meta
-        .id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if meta.id.is_empty() || meta.id.len() > 64 || !id_ok {
-        return Err(format!(
-            "id {:?} must be 1 to 64 characters from [a-z0-9_-]",
-            meta.id
-        ));
+    if let Err(err) = crate::ids::RaceId::parse(meta.id.as_str()) {
+        return Err(err.to_string());
     }
     if meta.fps != FPS {
         return Err(format!("fps is {}, must be {FPS}", meta.fps));

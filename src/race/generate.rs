@@ -293,14 +293,8 @@ fn check_params(p: &GenParams) -> Result<(), GenError> {
     if !(2..=20).contains(&p.drivers) {
         return bad(format!("drivers is {}, must be 2..=20", p.drivers));
     }
-    let id_ok =
-        p.id.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if p.id.is_empty() || p.id.len() > 64 || !id_ok {
-        return bad(format!(
-            "id {:?} must be 1 to 64 characters from [a-z0-9_-]",
-            p.id
-        ));
+    if let Err(err) = crate::ids::RaceId::parse(p.id.as_str()) {
+        return bad(err.to_string());
     }
     Ok(())
 }

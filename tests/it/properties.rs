@@ -8,13 +8,14 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use proptest::prelude::*;
 use replay_hub::cache::{decode_entry, encode_entry, CacheError, Compression, CHUNK_FRAMES};
+use replay_hub::clock::SPEED_RANGE;
 use replay_hub::encode::{decode_window, window_indices, window_message, EncodedRace};
 use replay_hub::frame_guard::{HeaderScanner, Violation};
 use replay_hub::race::{
     generate, read_meta, write_race, Frame, GenParams, RaceFileError, RaceMeta, RaceReader,
     Timeline,
 };
-use replay_hub::session::{Command, Request, SPEED_RANGE};
+use replay_hub::session::{Command, Request};
 
 /// Frames in the small race the properties work on: enough for a few seconds of replay.
 const SMALL_FRAMES: u32 = 60;

@@ -124,8 +124,8 @@ pub enum ImportError {
         "the replay would have {frames} frames, over the limit of {limit} (raise --max-minutes)"
     )]
     TooLong { frames: u64, limit: u32 },
-    #[error("invalid race id {0:?}: use 1 to 64 of a-z, 0-9, '-' and '_' (pass --id)")]
-    InvalidId(String),
+    #[error("{0} (pass --id)")]
+    InvalidId(#[from] crate::ids::InvalidId),
     #[error("writing {0}: {1}")]
     Write(PathBuf, RaceFileError),
     #[error("{0}: {1}")]
@@ -411,9 +411,7 @@ pub async fn import(
 
     let (id, title) = naming(&session, data.meeting.as_ref());
     let id = args.id.clone().unwrap_or(id);
-    if !crate::hub::valid_id(&id) {
-        return Err(ImportError::InvalidId(id));
-    }
+    crate::ids::RaceId::parse(id.as_str())?;
     let out = args
         .out
         .clone()

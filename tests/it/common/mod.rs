@@ -355,7 +355,7 @@ impl Prefix {
     pub fn new(test: &str) -> Self {
         Self(format!(
             "rh-test-{test}-{}",
-            replay_hub::hub::random_token(4)
+            replay_hub::ids::random_token(4)
         ))
     }
 }

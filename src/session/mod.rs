@@ -5,7 +5,6 @@
 //! broadcast ([`crate::feed`]), plus look-ahead windows when due; frames never queue per viewer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,458 +12,20 @@ use actix::prelude::*;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::broker::{Broker, SessionRecord};
+use crate::clock::{SPEED_RANGE, TICK};
 use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState};
 use crate::feed::{Broadcast, FeedHandle, Mode};
+use crate::ids::{RaceId, TokenHash};
 use crate::metrics::Metrics;
-use crate::race::FPS;
+use crate::outlet::{DeliveryStats, DeliveryTotals};
+use crate::replication::{Adopt, SessionRecord, SharedTimeline, TimelineChanged};
 use crate::window_codec::{self, WindowEncoding};
 
-/// Slowest and fastest playback speeds a controller may choose.
-pub const SPEED_RANGE: (f64, f64) = (0.25, 16.0);
+mod command;
+mod timeline;
 
-const TICK: Duration = Duration::from_millis(1000 / FPS as u64);
-
-/// A session's play state, anchored in time: the current frame is computed from the clock
-/// (anchor frame + elapsed × speed × 25), so late timer ticks never slow playback down.
-#[derive(Debug, Clone)]
-pub struct Timeline {
-    playing: bool,
-    speed: f64,
-    anchor_frame: u32,
-    /// The anchor on this process's monotonic clock, for computing frames.
-    anchor_at: Instant,
-    /// The same anchor in wall-clock Unix milliseconds, the clock replicas share.
-    anchor_ms: i64,
-    epoch: u64,
-    last_frame: u32,
-}
-
-/// A timeline as replicas share it through the broker: anchored in wall-clock time, so every
-/// replica whose clock is synchronised (NTP) derives the same frame at the same moment.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-pub struct SharedTimeline {
-    pub playing: bool,
-    pub speed: f64,
-    pub anchor_frame: u32,
-    pub anchor_ms: i64,
-    pub epoch: u64,
-}
-
-/// Earliest wall-clock anchor a shared timeline may carry (2020-01-01, Unix ms), and how far in
-/// the future one may lie (clock skew between replicas is milliseconds, not days).
-const MIN_ANCHOR_MS: i64 = 1_577_836_800_000;
-const MAX_ANCHOR_AHEAD_MS: i64 = 24 * 3600 * 1000;
-
-impl SharedTimeline {
-    /// Checks a timeline that came from elsewhere (Redis, a file) before it is adopted: a
-    /// speed a controller could have chosen, an anchor in sane wall-clock time, an epoch.
-    pub fn check(&self) -> Result<(), String> {
-        let (min, max) = SPEED_RANGE;
-        if !(self.speed.is_finite() && (min..=max).contains(&self.speed)) {
-            return Err(format!("speed {} is outside [{min}, {max}]", self.speed));
-        }
-        let latest = wall_ms().saturating_add(MAX_ANCHOR_AHEAD_MS);
-        if !(MIN_ANCHOR_MS..=latest).contains(&self.anchor_ms) {
-            return Err(format!(
-                "anchor_ms {} is not a time between 2020 and a day from now",
-                self.anchor_ms
-            ));
-        }
-        if self.epoch == 0 {
-            return Err("epoch is 0".into());
-        }
-        Ok(())
-    }
-}
-
-/// Wall-clock time in Unix microseconds: the server clock clients synchronise to.
-pub fn wall_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// Wall-clock time in Unix milliseconds.
-pub fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-impl Timeline {
-    pub fn new(total_frames: u32, playing: bool, now: Instant) -> Self {
-        Self {
-            playing,
-            speed: 1.0,
-            anchor_frame: 0,
-            anchor_at: now,
-            anchor_ms: wall_ms(),
-            epoch: 1,
-            last_frame: total_frames.saturating_sub(1),
-        }
-    }
-
-    /// This timeline as replicas share it.
-    pub fn shared(&self) -> SharedTimeline {
-        SharedTimeline {
-            playing: self.playing,
-            speed: self.speed,
-            anchor_frame: self.anchor_frame,
-            anchor_ms: self.anchor_ms,
-            epoch: self.epoch,
-        }
-    }
-
-    /// Takes over a timeline set elsewhere, converting its wall-clock anchor to this
-    /// process's monotonic clock once. Refuses (and leaves this timeline as it was) one that
-    /// fails [`SharedTimeline::check`].
-    pub fn adopt(&mut self, shared: &SharedTimeline) -> Result<(), String> {
-        shared.check()?;
-        let (now, now_ms) = (Instant::now(), wall_ms());
-        let offset = Duration::from_millis(now_ms.abs_diff(shared.anchor_ms));
-        self.anchor_at = if shared.anchor_ms <= now_ms {
-            now.checked_sub(offset).unwrap_or(now)
-        } else {
-            now.checked_add(offset).unwrap_or(now)
-        };
-        self.anchor_ms = shared.anchor_ms;
-        self.playing = shared.playing;
-        self.speed = shared.speed;
-        self.anchor_frame = shared.anchor_frame.min(self.last_frame);
-        self.epoch = shared.epoch;
-        Ok(())
-    }
-
-    /// The frame to show at `now`, clamped to the last frame.
-    pub fn frame_at(&self, now: Instant) -> u32 {
-        if !self.playing {
-            return self.anchor_frame;
-        }
-        let elapsed = now.saturating_duration_since(self.anchor_at).as_secs_f64();
-        let advanced = (elapsed * self.speed * f64::from(FPS)).floor();
-        (f64::from(self.anchor_frame) + advanced).min(f64::from(self.last_frame)) as u32
-    }
-
-    pub fn state(&self, now: Instant) -> PlayState {
-        PlayState {
-            playing: self.playing,
-            speed: self.speed,
-            frame: self.frame_at(now),
-            epoch: self.epoch,
-            anchor_frame: self.anchor_frame,
-            anchor_ms: self.anchor_ms,
-        }
-    }
-
-    pub fn playing(&self) -> bool {
-        self.playing
-    }
-
-    /// The 40 ms display slot (counted from the anchor) that `now` falls in.
-    pub fn slot_at(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.anchor_at).as_micros() / TICK.as_micros()) as u64
-    }
-
-    /// When display slot `slot` begins.
-    pub fn slot_start(&self, slot: u64) -> Instant {
-        self.anchor_at + Duration::from_micros(slot.saturating_mul(TICK.as_micros() as u64))
-    }
-
-    /// The frame shown during display slot `slot`: at speed s each slot advances s frames.
-    /// Whole-number arithmetic on the slot keeps 1× exact (no float drift onto a neighbour).
-    pub fn slot_frame(&self, slot: u64) -> u32 {
-        if !self.playing {
-            return self.anchor_frame;
-        }
-        let advanced = (slot as f64 * self.speed + 1e-9).floor();
-        (f64::from(self.anchor_frame) + advanced).min(f64::from(self.last_frame)) as u32
-    }
-
-    pub fn last_frame(&self) -> u32 {
-        self.last_frame
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// True once playback has reached the last frame and should stop there.
-    pub fn at_end(&self, now: Instant) -> bool {
-        self.playing && self.frame_at(now) >= self.last_frame
-    }
-
-    /// Applies a command: re-anchors at the current frame and starts a new epoch.
-    pub fn apply(&mut self, command: &Command, now: Instant) {
-        let frame = self.frame_at(now);
-        match *command {
-            // Playing from the last frame restarts the race rather than doing nothing.
-            Command::Play => {
-                self.playing = true;
-                self.anchor_frame = if frame >= self.last_frame { 0 } else { frame };
-            }
-            Command::Pause => {
-                self.playing = false;
-                self.anchor_frame = frame;
-            }
-            Command::Seek(target) => self.anchor_frame = target.min(self.last_frame),
-            Command::Speed(speed) => {
-                self.speed = speed;
-                self.anchor_frame = frame;
-            }
-        }
-        self.anchor_ms = wall_ms() - now.elapsed().as_millis() as i64;
-        self.anchor_at = now;
-        self.epoch += 1;
-    }
-}
-
-/// A control command, already validated against the race it applies to.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Command {
-    Play,
-    Pause,
-    Seek(u32),
-    Speed(f64),
-}
-
-/// A client's text message: a control command, a time request any viewer may send, or the
-/// control token presented after connecting (so it need not be in the URL).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    Control(Command),
-    /// Asks for the server clock; `t0` is the client's own clock, echoed back.
-    Time {
-        t0: f64,
-    },
-    Auth {
-        token: String,
-    },
-}
-
-impl Request {
-    /// Parses a client's JSON text message; `total_frames` bounds seeks.
-    pub fn parse(text: &str, total_frames: u32) -> Result<Self, CommandError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| CommandError::new("bad_json", format!("not valid JSON: {e}")))?;
-        let object = value.as_object().ok_or_else(|| {
-            CommandError::new(
-                "bad_command",
-                "a command is a JSON object like {\"cmd\":\"play\"}",
-            )
-        })?;
-        let name = object
-            .get("cmd")
-            .and_then(|c| c.as_str())
-            .ok_or_else(|| CommandError::new("bad_command", "missing string field \"cmd\""))?;
-        if name == "auth" {
-            let token = object
-                .get("token")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| {
-                    CommandError::new("bad_argument", "auth needs a string \"token\"")
-                })?;
-            return Ok(Self::Auth {
-                token: token.to_owned(),
-            });
-        }
-        if name == "time" {
-            let t0 = number(object, "t0")?
-                .filter(|t| t.is_finite())
-                .ok_or_else(|| CommandError::new("bad_argument", "time needs a number \"t0\""))?;
-            return Ok(Self::Time { t0 });
-        }
-        Command::parse(name, object, total_frames).map(Self::Control)
-    }
-
-    /// Short name used in logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Control(command) => command.kind(),
-            Self::Time { .. } => "time",
-            Self::Auth { .. } => "auth",
-        }
-    }
-}
-
-impl Command {
-    fn parse(
-        name: &str,
-        object: &serde_json::Map<String, serde_json::Value>,
-        total_frames: u32,
-    ) -> Result<Self, CommandError> {
-        match name {
-            "play" => Ok(Self::Play),
-            "pause" => Ok(Self::Pause),
-            "seek" => Self::parse_seek(object, total_frames),
-            "speed" => {
-                let value = number(object, "value")?.ok_or_else(|| {
-                    CommandError::new("bad_argument", "speed needs a number \"value\"")
-                })?;
-                let (min, max) = SPEED_RANGE;
-                if !(min..=max).contains(&value) {
-                    return Err(CommandError::new(
-                        "out_of_range",
-                        format!("speed {value} is outside [{min}, {max}]"),
-                    ));
-                }
-                Ok(Self::Speed(value))
-            }
-            other => Err(CommandError::new(
-                "unknown_command",
-                format!(
-                    "unknown command {other:?}; expected play, pause, seek, speed, time or auth"
-                ),
-            )),
-        }
-    }
-
-    fn parse_seek(
-        object: &serde_json::Map<String, serde_json::Value>,
-        total_frames: u32,
-    ) -> Result<Self, CommandError> {
-        let last = total_frames.saturating_sub(1);
-        let frame = match (number(object, "frame")?, number(object, "t")?) {
-            (Some(frame), None) => {
-                if frame.fract() != 0.0 || frame < 0.0 || frame > f64::from(last) {
-                    return Err(CommandError::new(
-                        "out_of_range",
-                        format!("frame {frame} is not a whole number in [0, {last}]"),
-                    ));
-                }
-                frame as u32
-            }
-            (None, Some(t)) => {
-                let end = f64::from(last) / f64::from(FPS);
-                if !(0.0..=end).contains(&t) {
-                    return Err(CommandError::new(
-                        "out_of_range",
-                        format!("t {t} s is outside [0, {end}]"),
-                    ));
-                }
-                (t * f64::from(FPS)).round().min(f64::from(last)) as u32
-            }
-            _ => {
-                return Err(CommandError::new(
-                    "bad_argument",
-                    "seek needs exactly one of \"frame\" or \"t\"",
-                ))
-            }
-        };
-        Ok(Self::Seek(frame))
-    }
-
-    /// Short name used in logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Play => "play",
-            Self::Pause => "pause",
-            Self::Seek(_) => "seek",
-            Self::Speed(_) => "speed",
-        }
-    }
-}
-
-fn number(
-    object: &serde_json::Map<String, serde_json::Value>,
-    key: &str,
-) -> Result<Option<f64>, CommandError> {
-    match object.get(key) {
-        None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-            CommandError::new("bad_argument", format!("\"{key}\" must be a number"))
-        }),
-    }
-}
-
-/// Why a command was not carried out; `code` is the protocol's error code.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct CommandError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl CommandError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// Delivery counters shared by a session and its viewers (atomics, no lock): per session for the
-/// API, and added to the hub-wide Prometheus metrics at the same time.
-pub struct DeliveryStats {
-    frames_sent: AtomicU64,
-    frames_dropped: AtomicU64,
-    bytes_sent: AtomicU64,
-    stalled_closed: AtomicU64,
-    metrics: Arc<Metrics>,
-}
-
-impl DeliveryStats {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            frames_sent: AtomicU64::new(0),
-            frames_dropped: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            stalled_closed: AtomicU64::new(0),
-            metrics,
-        }
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Frames (and their bytes) handed to sockets; writers add theirs in batches.
-    pub fn count_sent(&self, frames: u64, bytes: u64) {
-        if frames == 0 {
-            return;
-        }
-        self.frames_sent.fetch_add(frames, Ordering::Relaxed);
-        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        self.metrics.frames_sent.inc_by(frames);
-        self.metrics.bytes_sent.inc_by(bytes);
-    }
-
-    /// Frames a viewer will not get because a newer one replaced them before its socket had
-    /// room; `stalled` when the socket has accepted nothing for a while.
-    pub fn count_dropped(&self, frames: u64, stalled: bool) {
-        if frames == 0 {
-            return;
-        }
-        self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
-        let reason = if stalled { "stalled" } else { "slow" };
-        self.metrics
-            .frames_dropped
-            .with_label_values(&[reason])
-            .inc_by(frames);
-    }
-
-    pub fn count_stalled_close(&self) {
-        self.stalled_closed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            frames_sent: self.frames_sent.load(Ordering::Relaxed),
-            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
-            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
-            stalled_closed: self.stalled_closed.load(Ordering::Relaxed),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct StatsSnapshot {
-    pub frames_sent: u64,
-    pub frames_dropped: u64,
-    pub bytes_sent: u64,
-    pub stalled_closed: u64,
-}
+pub use command::{Command, CommandError, Request};
+pub use timeline::Timeline;
 
 /// The session is gone; the viewer closes its socket with this code and reason.
 #[derive(Message, Clone)]
@@ -521,7 +82,7 @@ pub struct SessionInfo {
     pub race: String,
     pub viewers: usize,
     pub state: PlayState,
-    pub stats: StatsSnapshot,
+    pub stats: DeliveryTotals,
     /// Plays again from the start after the finish.
     #[serde(default, rename = "loop")]
     pub looping: bool,
@@ -577,18 +138,17 @@ struct Lookahead {
     windows: Windows,
 }
 
-/// How a session shares its timeline with other replicas.
-pub struct SessionSync {
-    pub broker: Arc<Broker>,
-    pub race: String,
-    pub token_sha256: String,
-    pub looping: bool,
+/// Where a session reports its timeline so that it outlives this process: the Redis
+/// [`crate::replication::Publisher`] (other replicas follow it) or, without Redis, the
+/// [`crate::session_store::LocalStore`] (a restart resumes it). Either may answer [`Adopt`].
+pub struct Replica {
+    pub sink: Recipient<TimelineChanged>,
+    pub race: RaceId,
+    pub token_sha256: TokenHash,
 }
 
 pub struct Session {
-    sync: Option<SessionSync>,
-    /// Without a broker: where this session keeps its record for a restart.
-    local: Option<crate::session_store::LocalSync>,
+    replica: Option<Replica>,
     id: Arc<str>,
     race: Arc<EncodedRace>,
     timeline: Timeline,
@@ -633,8 +193,7 @@ impl Session {
         let now = Instant::now();
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
         Self {
-            sync: None,
-            local: None,
+            replica: None,
             id: Arc::from(id),
             state_frame: ws_text(state_message(&timeline.state(now))),
             state_version: 1,
@@ -666,9 +225,9 @@ impl Session {
         self
     }
 
-    /// Shares this session's timeline with other replicas: `joined` is the timeline it takes
-    /// over (a session created elsewhere), else its own is published as the first one.
-    pub fn with_sync(mut self, sync: SessionSync, joined: Option<SharedTimeline>) -> Self {
+    /// Reports every timeline change to `replica`; `joined` is a timeline this session takes
+    /// over (a session created on another replica, or resumed after a restart).
+    pub fn with_replica(mut self, replica: Replica, joined: Option<SharedTimeline>) -> Self {
         if let Some(shared) = joined {
             match self.timeline.adopt(&shared) {
                 Ok(()) => self.state_changed(Instant::now()),
@@ -677,27 +236,7 @@ impl Session {
                 }
             }
         }
-        self.sync = Some(sync);
-        self
-    }
-
-    /// Keeps this session's record in `local` up to date, so it survives a restart; with
-    /// `resumed`, it takes over the timeline it had before.
-    pub fn with_local_store(
-        mut self,
-        local: crate::session_store::LocalSync,
-        resumed: Option<SharedTimeline>,
-    ) -> Self {
-        if let Some(shared) = resumed {
-            match self.timeline.adopt(&shared) {
-                Ok(()) => self.state_changed(Instant::now()),
-                Err(reason) => {
-                    tracing::warn!(session = %self.id, %reason, "saved timeline refused; starting from the beginning")
-                }
-            }
-        }
-        local.save(&self.id, self.timeline.shared());
-        self.local = Some(local);
+        self.replica = Some(replica);
         self
     }
 
@@ -710,40 +249,24 @@ impl Session {
         self.stats.metrics()
     }
 
-    fn record(&self, sync: &SessionSync) -> SessionRecord {
-        SessionRecord {
-            race: sync.race.clone(),
-            token_sha256: sync.token_sha256.clone(),
-            timeline: self.timeline.shared(),
-            looping: self.loop_pause.is_some(),
-        }
-    }
-
-    /// Announces the local timeline; if another replica's equal or newer one is stored,
-    /// adopts that instead, so concurrent commands settle on one timeline everywhere.
+    /// Reports the timeline to the replica sink; if another replica's equal or newer one is
+    /// stored, the answer is an [`Adopt`] of that, so concurrent commands settle on one timeline
+    /// everywhere. Also what the session does when Redis comes back (a restarted Redis holds
+    /// nothing, a newer timeline there wins).
     fn publish(&self, ctx: &mut Context<Self>) {
-        if let Some(local) = &self.local {
-            local.save(&self.id, self.timeline.shared());
-        }
-        let Some(sync) = &self.sync else {
+        let Some(replica) = &self.replica else {
             return;
         };
-        let (broker, id, record) = (sync.broker.clone(), self.id.clone(), self.record(sync));
-        let work = async move {
-            match broker.publish(&id, &record).await {
-                Ok(true) => None,
-                Ok(false) => broker.load(&id).await.ok().flatten(),
-                Err(err) => {
-                    tracing::warn!(session = %id, %err, "timeline not shared; playing on locally");
-                    None
-                }
-            }
-        };
-        ctx.spawn(work.into_actor(self).map(|stored, act, ctx| {
-            if let Some(stored) = stored {
-                act.sync_to(&stored.timeline, ctx);
-            }
-        }));
+        replica.sink.do_send(TimelineChanged {
+            id: self.id.clone(),
+            record: SessionRecord {
+                race: replica.race.clone(),
+                token_sha256: replica.token_sha256.clone(),
+                timeline: self.timeline.shared(),
+                looping: self.loop_pause.is_some(),
+            },
+            session: ctx.address().recipient(),
+        });
     }
 
     /// Takes over another replica's timeline unless ours is newer. At an equal epoch the
@@ -760,26 +283,6 @@ impl Session {
         self.state_changed(now);
         self.publish_frames(now);
         self.rephase(ctx);
-    }
-
-    /// After the broker reconnects: adopt what Redis holds if newer, else store ours again
-    /// (a restarted Redis holds nothing).
-    fn resync(&self, ctx: &mut Context<Self>) {
-        let Some(sync) = &self.sync else {
-            return;
-        };
-        let (broker, id) = (sync.broker.clone(), self.id.clone());
-        let local = self.timeline.epoch();
-        let work = async move { broker.load(&id).await.ok().flatten() };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |stored, act, ctx| match stored {
-                    Some(stored) if stored.timeline.epoch > local => {
-                        act.sync_to(&stored.timeline, ctx)
-                    }
-                    _ => act.publish(ctx),
-                }),
-        );
     }
 
     fn rephase(&mut self, ctx: &mut Context<Self>) {
@@ -1062,7 +565,7 @@ impl Actor for Session {
         ctx.set_mailbox_capacity(256);
         self.start_ticking(TICK, ctx);
         // A new session stores its timeline; one joined from elsewhere checks it is current.
-        self.resync(ctx);
+        self.publish(ctx);
     }
 }
 
@@ -1100,19 +603,14 @@ impl Handler<Control> for Session {
     }
 }
 
-/// A newer timeline from another replica.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Sync(pub SharedTimeline);
-
-impl Handler<Sync> for Session {
+impl Handler<Adopt> for Session {
     type Result = ();
-    fn handle(&mut self, msg: Sync, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Adopt, ctx: &mut Context<Self>) {
         self.sync_to(&msg.0, ctx);
     }
 }
 
-/// The broker is back: re-sync with what it holds.
+/// Redis is back: store this session's timeline again, or adopt the newer one it holds.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resync;
@@ -1120,7 +618,7 @@ pub struct Resync;
 impl Handler<Resync> for Session {
     type Result = ();
     fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
-        self.resync(ctx);
+        self.publish(ctx);
     }
 }
 
@@ -1256,169 +754,5 @@ mod tests {
         let ended = ended.lock().unwrap();
         assert_eq!(ended.len(), 1, "{ended:?}");
         assert_eq!(ended[0].0, 1011);
-    }
-
-    #[test]
-    fn shared_timelines_from_elsewhere_are_checked_before_they_are_adopted() {
-        let t0 = Instant::now();
-        let mut tl = Timeline::new(1000, true, t0);
-        let good = tl.shared();
-        assert_eq!(good.check(), Ok(()));
-        for (bad, what) in [
-            (SharedTimeline { speed: 0.0, ..good }, "speed 0"),
-            (
-                SharedTimeline {
-                    speed: -1.0,
-                    ..good
-                },
-                "speed -1",
-            ),
-            (
-                SharedTimeline {
-                    speed: f64::NAN,
-                    ..good
-                },
-                "speed NaN",
-            ),
-            (
-                SharedTimeline {
-                    speed: 1e300,
-                    ..good
-                },
-                "speed 1e300",
-            ),
-            (
-                SharedTimeline {
-                    anchor_ms: i64::MAX,
-                    ..good
-                },
-                "anchor_ms",
-            ),
-            (
-                SharedTimeline {
-                    anchor_ms: i64::MIN,
-                    ..good
-                },
-                "anchor_ms",
-            ),
-            (
-                SharedTimeline {
-                    anchor_ms: 0,
-                    ..good
-                },
-                "anchor_ms",
-            ),
-            (SharedTimeline { epoch: 0, ..good }, "epoch"),
-        ] {
-            let err = tl.adopt(&bad).unwrap_err();
-            assert!(
-                err.contains(what.split(' ').next().unwrap()),
-                "{what}: {err}"
-            );
-            assert_eq!(tl.shared(), good, "{what}: left as it was");
-        }
-        let later = SharedTimeline {
-            speed: 2.0,
-            epoch: 9,
-            ..good
-        };
-        tl.adopt(&later).unwrap();
-        assert_eq!(tl.shared(), later);
-    }
-
-    #[test]
-    fn frame_follows_the_clock_not_the_ticks() {
-        let t0 = Instant::now();
-        let mut tl = Timeline::new(1000, true, t0);
-        assert_eq!(tl.frame_at(t0), 0);
-        assert_eq!(tl.frame_at(t0 + Duration::from_millis(1000)), 25);
-        tl.apply(&Command::Speed(4.0), t0 + Duration::from_secs(1));
-        assert_eq!(tl.frame_at(t0 + Duration::from_secs(2)), 125);
-        assert_eq!(tl.epoch(), 2);
-    }
-
-    #[test]
-    fn pause_holds_and_seek_reanchors() {
-        let t0 = Instant::now();
-        let mut tl = Timeline::new(1000, true, t0);
-        tl.apply(&Command::Pause, t0 + Duration::from_secs(2));
-        assert_eq!(tl.frame_at(t0 + Duration::from_secs(60)), 50);
-        tl.apply(&Command::Seek(900), t0 + Duration::from_secs(61));
-        assert_eq!(tl.frame_at(t0 + Duration::from_secs(70)), 900);
-        tl.apply(&Command::Play, t0 + Duration::from_secs(70));
-        assert_eq!(
-            tl.frame_at(t0 + Duration::from_secs(80)),
-            999,
-            "clamped at the end"
-        );
-        assert!(tl.at_end(t0 + Duration::from_secs(80)));
-    }
-
-    #[test]
-    fn a_shared_timeline_gives_the_same_frames_elsewhere() {
-        let t0 = Instant::now();
-        let mut here = Timeline::new(100_000, true, t0);
-        here.apply(&Command::Seek(5000), t0);
-        here.apply(&Command::Speed(2.0), t0);
-        let mut there = Timeline::new(100_000, false, Instant::now());
-        there.adopt(&here.shared()).unwrap();
-        assert_eq!(there.shared(), here.shared());
-        let later = Instant::now() + Duration::from_secs(3);
-        let (a, b) = (here.frame_at(later), there.frame_at(later));
-        assert!(a.abs_diff(b) <= 1, "{a} vs {b}");
-        assert!(a >= 5000 + 150 - 1, "playing at 2x: {a}");
-    }
-
-    #[test]
-    fn play_at_the_end_restarts() {
-        let t0 = Instant::now();
-        let mut tl = Timeline::new(100, false, t0);
-        tl.apply(&Command::Seek(99), t0);
-        tl.apply(&Command::Play, t0);
-        assert_eq!(tl.frame_at(t0), 0);
-    }
-
-    #[test]
-    fn commands_parse_and_bad_ones_name_the_problem() {
-        let control = |c| Ok(Request::Control(c));
-        assert_eq!(
-            Request::parse(r#"{"cmd":"play"}"#, 100),
-            control(Command::Play)
-        );
-        assert_eq!(
-            Request::parse(r#"{"cmd":"seek","frame":42}"#, 100),
-            control(Command::Seek(42))
-        );
-        assert_eq!(
-            Request::parse(r#"{"cmd":"seek","t":2.0}"#, 100),
-            control(Command::Seek(50))
-        );
-        assert_eq!(
-            Request::parse(r#"{"cmd":"speed","value":4}"#, 100),
-            control(Command::Speed(4.0))
-        );
-        assert_eq!(
-            Request::parse(r#"{"cmd":"time","t0":12.5}"#, 100),
-            Ok(Request::Time { t0: 12.5 })
-        );
-        let cases = [
-            ("{", "bad_json"),
-            ("[1]", "bad_command"),
-            (r#"{"cmd":"rewind"}"#, "unknown_command"),
-            (r#"{"cmd":"seek","frame":100}"#, "out_of_range"),
-            (r#"{"cmd":"seek","frame":-1}"#, "out_of_range"),
-            (r#"{"cmd":"seek","frame":1.5}"#, "out_of_range"),
-            (r#"{"cmd":"seek"}"#, "bad_argument"),
-            (r#"{"cmd":"seek","frame":"x"}"#, "bad_argument"),
-            (r#"{"cmd":"speed","value":32}"#, "out_of_range"),
-            (r#"{"cmd":"speed"}"#, "bad_argument"),
-            (r#"{"cmd":"time"}"#, "bad_argument"),
-            (r#"{"cmd":"time","t0":"now"}"#, "bad_argument"),
-        ];
-        for (text, code) in cases {
-            let err = Request::parse(text, 100).unwrap_err();
-            assert_eq!(err.code, code, "{text}: {err}");
-            assert!(!err.message.is_empty());
-        }
     }
 }
