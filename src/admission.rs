@@ -22,11 +22,20 @@ pub struct OriginPolicy {
     extra: Vec<String>,
 }
 
+/// An `--allowed-origins` item that is not an origin.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BadOrigin {
+    #[error("origin {0:?} must be scheme://host[:port], with no path")]
+    Path(String),
+    #[error("origin {0:?} must start with http:// or https:// (or be *)")]
+    Scheme(String),
+}
+
 impl FromStr for OriginPolicy {
-    type Err = String;
+    type Err = BadOrigin;
 
     /// A comma-separated list of origins (`scheme://host[:port]`), or `*`; empty: none extra.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadOrigin> {
         let mut policy = Self::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             if item == "*" {
@@ -36,15 +45,11 @@ impl FromStr for OriginPolicy {
                 .or_else(|| item.strip_prefix("https://"))
             {
                 if rest.is_empty() || rest.contains('/') {
-                    return Err(format!(
-                        "origin {item:?} must be scheme://host[:port], with no path"
-                    ));
+                    return Err(BadOrigin::Path(item.to_owned()));
                 }
                 policy.extra.push(item.to_ascii_lowercase());
             } else {
-                return Err(format!(
-                    "origin {item:?} must start with http:// or https:// (or be *)"
-                ));
+                return Err(BadOrigin::Scheme(item.to_owned()));
             }
         }
         Ok(policy)

@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,11 @@ use futures_util::future::{join_all, BoxFuture};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use tokio::sync::watch;
+
 use crate::encode::{EncodedRace, ENCODING_VERSION};
 use crate::race::RaceMeta;
+use crate::shutdown::Tasks;
 
 /// Key schema version: bump when the key layout, the manifest or the stored metadata changes
 /// (v2: the metadata carries the race's timeline, which v1 readers cannot decode; v3: the
@@ -41,23 +44,38 @@ pub enum CacheSpec {
     Redis(String),
 }
 
+/// A `--cache` value that names no cache.
+#[derive(Debug, thiserror::Error)]
+pub enum BadCacheSpec {
+    #[error("dir: needs a path, e.g. dir:/var/cache/replay-hub")]
+    NoPath,
+    #[error("bad Redis URL {url:?}: {source}")]
+    RedisUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("unknown cache {0:?}: use redis://host:port/db, dir:PATH or none")]
+    Unknown(String),
+}
+
 impl FromStr for CacheSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadCacheSpec;
+    fn from_str(s: &str) -> Result<Self, BadCacheSpec> {
         if s == "none" {
             Ok(Self::None)
         } else if let Some(path) = s.strip_prefix("dir:") {
             if path.is_empty() {
-                return Err("dir: needs a path, e.g. dir:/var/cache/replay-hub".into());
+                return Err(BadCacheSpec::NoPath);
             }
             Ok(Self::Dir(PathBuf::from(path)))
         } else if s.starts_with("redis://") || s.starts_with("rediss://") {
-            redis::Client::open(s).map_err(|e| format!("bad Redis URL {s:?}: {e}"))?;
+            redis::Client::open(s).map_err(|source| BadCacheSpec::RedisUrl {
+                url: s.to_owned(),
+                source,
+            })?;
             Ok(Self::Redis(s.to_owned()))
         } else {
-            Err(format!(
-                "unknown cache {s:?}: use redis://host:port/db, dir:PATH or none"
-            ))
+            Err(BadCacheSpec::Unknown(s.to_owned()))
         }
     }
 }
@@ -88,6 +106,8 @@ pub trait Store: Send + Sync {
     fn backend(&self) -> &'static str;
     /// Whether the backend answers now.
     fn is_ready(&self) -> bool;
+    /// Follows [`Store::is_ready`], for waiting until the backend answers.
+    fn readiness(&self) -> watch::Receiver<bool>;
     /// The values of `keys`; a value longer than `max_len` is a `Corrupt` error, found out
     /// before it is read whole.
     fn get(
@@ -179,11 +199,17 @@ impl RaceCache {
 
     /// Opens the backend named by `spec`; `None` for `--cache none`. Redis connects in the
     /// background, so a Redis that is down does not stop the hub from starting.
-    pub fn open(spec: &CacheSpec, prefix: &str, compression: Compression) -> Option<Arc<Self>> {
+    /// Its connection probe runs among `tasks`.
+    pub fn open(
+        spec: &CacheSpec,
+        prefix: &str,
+        compression: Compression,
+        tasks: &Tasks,
+    ) -> Option<Arc<Self>> {
         let store: Arc<dyn Store> = match spec {
             CacheSpec::None => return None,
             CacheSpec::Dir(path) => Arc::new(DirStore::new(path.clone())),
-            CacheSpec::Redis(url) => RedisStore::connect(url.clone()),
+            CacheSpec::Redis(url) => RedisStore::connect(url.clone(), tasks),
         };
         Some(Arc::new(Self::new(store, prefix, compression)))
     }
@@ -194,6 +220,14 @@ impl RaceCache {
 
     pub fn is_ready(&self) -> bool {
         self.store.is_ready()
+    }
+
+    /// Waits (at most `timeout`) until the backend answers; true if it does.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut ready = self.store.readiness();
+        tokio::time::timeout(timeout, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn key(&self, rest: &str) -> String {
@@ -249,6 +283,23 @@ impl RaceCache {
         content: Option<&str>,
         max_bytes: u64,
     ) -> Result<Option<EncodedRace>, CacheError> {
+        let loaded = self.read_entry(id, content, max_bytes).await;
+        let counter = match &loaded {
+            Ok(Some(_)) => &self.stats.hits,
+            Ok(None) => &self.stats.misses,
+            Err(CacheError::Corrupt { .. }) => &self.stats.corrupt,
+            Err(_) => &self.stats.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        loaded
+    }
+
+    async fn read_entry(
+        &self,
+        id: &str,
+        content: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Option<EncodedRace>, CacheError> {
         let manifest_key = self.race_key(id, "manifest");
         let meta_key = self.race_key(id, "meta");
         let keys = vec![manifest_key.clone(), meta_key.clone()];
@@ -299,7 +350,16 @@ impl RaceCache {
     /// Writes a race: chunks first, then metadata and manifest, then the index, so a reader
     /// never finds a manifest whose chunks are not all there. The chunks of the content it
     /// replaces (an older file or encoding) are deleted afterwards.
+    /// Writes `race` (of source `content`); a failure is counted in the cache's errors.
     pub async fn store(&self, race: &Arc<EncodedRace>, content: &str) -> Result<(), CacheError> {
+        let stored = self.write_entry(race, content).await;
+        if stored.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        stored
+    }
+
+    async fn write_entry(&self, race: &Arc<EncodedRace>, content: &str) -> Result<(), CacheError> {
         let id = race.id().to_owned();
         let started = Instant::now();
         let previous = self.manifest(&id).await.ok().flatten();
@@ -550,14 +610,6 @@ pub fn content_id(file_checksum: u32) -> String {
     format!("e{ENCODING_VERSION}-{file_checksum:08x}")
 }
 
-/// Reads a race file's content id from its trailer (cheap: no frame is read).
-pub fn file_content_id(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::race::stored_checksum(file)
-        .map(content_id)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// The stored values of one cache entry, as [`RaceCache::store`] writes them and
 /// [`decode_entry`] reads them back.
 #[derive(Debug, Clone)]
@@ -727,11 +779,16 @@ fn fill_chunk(
 /// The embedded default: one file per key under a directory, written atomically.
 pub struct DirStore {
     root: PathBuf,
+    /// Always ready.
+    ready: watch::Sender<bool>,
 }
 
 impl DirStore {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            ready: watch::Sender::new(true),
+        }
     }
 
     /// Keys hold only `[a-z0-9_:-]` (ids are validated), so `:` maps safely to `/`.
@@ -747,6 +804,10 @@ impl Store for DirStore {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     fn get(
@@ -875,17 +936,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub struct RedisStore {
     url: String,
     manager: OnceLock<redis::aio::ConnectionManager>,
-    healthy: AtomicBool,
+    healthy: watch::Sender<bool>,
 }
 
 impl RedisStore {
-    pub fn connect(url: String) -> Arc<Self> {
+    pub fn connect(url: String, tasks: &Tasks) -> Arc<Self> {
         let store = Arc::new(Self {
             url,
             manager: OnceLock::new(),
-            healthy: AtomicBool::new(false),
+            healthy: watch::Sender::new(false),
         });
-        tokio::spawn(store.clone().keep_connected());
+        tasks.spawn("redis cache probe", store.clone().keep_connected());
         store
     }
 
@@ -907,7 +968,7 @@ impl RedisStore {
         };
         tracing::info!(url = %self.url, "Redis cache connected");
         let _ = self.manager.set(manager.clone());
-        self.healthy.store(true, Ordering::Relaxed);
+        self.healthy.send_replace(true);
         let mut probe = manager;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -915,7 +976,7 @@ impl RedisStore {
                 .query_async::<String>(&mut probe)
                 .await
                 .is_ok();
-            if ok != self.healthy.swap(ok, Ordering::Relaxed) {
+            if ok != self.healthy.send_replace(ok) {
                 if ok {
                     tracing::info!(url = %self.url, "Redis cache reachable again");
                 } else {
@@ -942,7 +1003,7 @@ impl RedisStore {
     fn note<T>(&self, result: Result<T, redis::RedisError>) -> Result<T, CacheError> {
         if let Err(err) = &result {
             if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
-                self.healthy.store(false, Ordering::Relaxed);
+                self.healthy.send_replace(false);
             }
         }
         result.map_err(CacheError::Redis)
@@ -955,7 +1016,11 @@ impl Store for RedisStore {
     }
 
     fn is_ready(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        *self.healthy.borrow()
+    }
+
+    fn readiness(&self) -> watch::Receiver<bool> {
+        self.healthy.subscribe()
     }
 
     fn get(
@@ -1306,19 +1371,18 @@ mod tests {
 
     #[test]
     fn cache_specs_parse_with_clear_errors() {
-        assert_eq!("none".parse::<CacheSpec>(), Ok(CacheSpec::None));
+        assert_eq!("none".parse::<CacheSpec>().unwrap(), CacheSpec::None);
         assert_eq!(
-            "dir:/tmp/x".parse::<CacheSpec>(),
-            Ok(CacheSpec::Dir("/tmp/x".into()))
+            "dir:/tmp/x".parse::<CacheSpec>().unwrap(),
+            CacheSpec::Dir("/tmp/x".into())
         );
         assert_eq!(
-            "redis://127.0.0.1:6379/0".parse::<CacheSpec>(),
-            Ok(CacheSpec::Redis("redis://127.0.0.1:6379/0".into()))
+            "redis://127.0.0.1:6379/0".parse::<CacheSpec>().unwrap(),
+            CacheSpec::Redis("redis://127.0.0.1:6379/0".into())
         );
-        assert!("dir:".parse::<CacheSpec>().unwrap_err().contains("path"));
-        assert!("memcached://x"
-            .parse::<CacheSpec>()
-            .unwrap_err()
-            .contains("unknown cache"));
+        let error = |spec: &str| spec.parse::<CacheSpec>().unwrap_err().to_string();
+        assert!(error("dir:").contains("path"));
+        assert!(error("memcached://x").contains("unknown cache"));
+        assert!(error("redis://[::1").contains("bad Redis URL"));
     }
 }

@@ -364,7 +364,7 @@ pub struct ImportArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImportSource {
     /// Download a session from the OpenF1 API and write it as a race file (docs/IMPORTING.md).
-    Openf1(crate::import::openf1::Openf1Args),
+    Openf1(Openf1Args),
 }
 
 /// Arguments of `replay-hub loadtest`.
@@ -477,4 +477,73 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("21"), "{err}");
     }
+}
+
+/// The public API; `--api-url` or `REPLAY_HUB_OPENF1_URL` points elsewhere (a mirror, tests).
+pub const DEFAULT_OPENF1_URL: &str = "https://api.openf1.org/v1";
+
+/// Arguments of `replay-hub import openf1`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["session_key", "year", "list"])))]
+pub struct Openf1Args {
+    /// The session to import, as OpenF1 numbers it (see --list).
+    #[arg(long, conflicts_with_all = ["country", "list"])]
+    pub session_key: Option<u32>,
+    /// Season, with --country (and --session) to find the session, or with --list.
+    #[arg(long)]
+    pub year: Option<i32>,
+    /// Country of the meeting, e.g. Italy (as OpenF1's country_name).
+    #[arg(long, requires = "year")]
+    pub country: Option<String>,
+    /// Session name within the meeting: Race, Sprint, Qualifying, Practice 1...
+    #[arg(long, default_value = "Race")]
+    pub session: String,
+    /// List the year's meetings and sessions with their keys instead of importing.
+    #[arg(long, requires = "year")]
+    pub list: bool,
+    /// Race id (a-z, 0-9, '-', '_'); default: circuit and year, e.g. monza-2024.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Output race file; default: <data-dir>/<id>.race.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Data directory: the default home of the race file, the download cache and the cache.
+    #[arg(long, env = "REPLAY_HUB_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where downloaded responses are kept, one file per request; default:
+    /// <data-dir>/openf1-downloads. A re-run reads them instead of downloading again.
+    #[arg(long)]
+    pub download_dir: Option<PathBuf>,
+    /// Base URL of the OpenF1 API.
+    #[arg(long, env = "REPLAY_HUB_OPENF1_URL", default_value = DEFAULT_OPENF1_URL)]
+    pub api_url: String,
+    /// Requests per second at most (the public API allows 30 per 10 s).
+    #[arg(long, default_value_t = 2.5)]
+    pub requests_per_second: f64,
+    /// Retries of a request answered with 429, 5xx or a network error (backoff doubles from
+    /// --backoff-ms, with jitter; a Retry-After header is honoured).
+    #[arg(long, default_value_t = 6)]
+    pub retries: u32,
+    /// First retry delay in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_ms: u64,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+    /// Largest response accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_response_bytes: u64,
+    /// Minutes of location and car data per request (per driver).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub window_minutes: u32,
+    /// Longest replay written, in minutes (a longer session is refused).
+    #[arg(long, default_value_t = 300)]
+    pub max_minutes: u32,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// After writing, also store the encoded race in this cache (as `replay-hub import FILE`);
+    /// `none` skips it.
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }

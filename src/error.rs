@@ -90,6 +90,7 @@ impl From<HubError> for ApiError {
                 Self::Unavailable(message)
             }
             HubError::LoadFailed { .. } => Self::Internal(message),
+            HubError::ShuttingDown(_) => Self::Unavailable(message),
         }
     }
 }

@@ -5,10 +5,7 @@
 //! [`EncodedRace`] shared by every session that plays it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +16,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::cache::{file_content_id, CacheError, RaceCache};
+use crate::cache::RaceCache;
 use crate::encode::EncodedRace;
 use crate::ids::{
     hex, is_valid_id as valid_id, random_token, InvalidId, RaceId, SessionId, TokenHash,
 };
+use crate::loader::{file_content_id, load_race_file, LoadError, Loader};
 use crate::metrics::Metrics;
 use crate::outlet::DeliveryTotals;
-use crate::race::{RaceMeta, RaceReader};
+use crate::race::RaceMeta;
 use crate::replication::{Adopt, ReplicaEvent, Replication, SessionRecord, TimelineChanged};
 use crate::session::{
     End, GetInfo, PlayedRace, Replica, Resync, Session, SessionFailed, SessionInfo, Timeline,
@@ -45,8 +43,13 @@ pub enum HubError {
     TooManySessions(usize),
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
-    #[error("race {race:?} could not be loaded: {reason}")]
-    LoadFailed { race: String, reason: String },
+    #[error("race {race:?} could not be loaded: {source}")]
+    LoadFailed {
+        race: String,
+        source: Arc<LoadError>,
+    },
+    #[error("race {0:?} could not be loaded: the hub is shutting down")]
+    ShuttingDown(String),
     #[error("invalid race file: {0}")]
     InvalidRace(String),
     #[error("could not store the race: {0}")]
@@ -160,103 +163,6 @@ pub struct RaceSummary {
     pub total_frames: u32,
 }
 
-/// Reads and encodes a race file: blocking, run on the blocking pool.
-pub fn load_race_file(path: &Path) -> Result<EncodedRace, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // The wire encoding is a little larger than the file's (frames carry their field names).
-    let size_hint = file.metadata().map_or(0, |m| m.len() + m.len() / 16);
-    let reader = RaceReader::new(BufReader::new(file)).map_err(|e| e.to_string())?;
-    let meta = reader.meta().clone();
-    EncodedRace::build_sized(meta, reader, size_hint).map_err(|e| e.to_string())
-}
-
-/// The load path: the cache first (when it holds this race for this file and encoding), then
-/// the race file, whose encoding is written back to the cache in the background.
-async fn load_race(
-    id: String,
-    path: Option<PathBuf>,
-    cache: Option<Arc<RaceCache>>,
-    metrics: Arc<Metrics>,
-    max_bytes: u64,
-) -> Result<Arc<EncodedRace>, String> {
-    let started = std::time::Instant::now();
-    let backend = cache.as_ref().map_or("none", |c| c.backend());
-    let count = |result: &str| {
-        metrics
-            .cache_requests
-            .with_label_values(&[backend, result])
-            .inc();
-    };
-    let content = match &path {
-        Some(p) => {
-            let p = p.clone();
-            tokio::task::spawn_blocking(move || file_content_id(&p))
-                .await
-                .ok()
-                .and_then(Result::ok)
-        }
-        None => None,
-    };
-    let mut cache_error = None;
-    if let Some(cache) = &cache {
-        match cache.load(&id, content.as_deref(), max_bytes).await {
-            Ok(Some(race)) => {
-                cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-                count("hit");
-                metrics
-                    .load_seconds
-                    .with_label_values(&[backend, "cache"])
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::info!(race = %id, backend = cache.backend(), seconds = started.elapsed().as_secs_f64(), "race loaded from the cache");
-                return Ok(Arc::new(race));
-            }
-            Ok(None) => {
-                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-                count("miss");
-            }
-            Err(err @ CacheError::Corrupt { .. }) => {
-                cache.stats.corrupt.fetch_add(1, Ordering::Relaxed);
-                count("corrupt");
-                cache_error = Some(err.to_string());
-            }
-            Err(err) => {
-                cache.stats.errors.fetch_add(1, Ordering::Relaxed);
-                count("error");
-                tracing::warn!(race = %id, %err, "cache read failed; loading the race file");
-                cache_error = Some(err.to_string());
-            }
-        }
-    }
-    let Some(path) = path else {
-        return Err(match cache_error {
-            Some(err) => format!("it has no race file and the cache failed: {err}"),
-            None => "it has no race file and is not in the cache".into(),
-        });
-    };
-    let race = tokio::task::spawn_blocking(move || load_race_file(&path))
-        .await
-        .map_err(|e| format!("loader failed: {e}"))??;
-    let race = Arc::new(race);
-    metrics
-        .load_seconds
-        .with_label_values(&[backend, "file"])
-        .observe(started.elapsed().as_secs_f64());
-    if let (Some(cache), Some(content)) = (cache, content) {
-        write_back(cache, race.clone(), content);
-    }
-    Ok(race)
-}
-
-/// Stores a race in the cache without anyone waiting for it.
-fn write_back(cache: Arc<RaceCache>, race: Arc<EncodedRace>, content: String) {
-    tokio::spawn(async move {
-        if let Err(err) = cache.store(&race, &content).await {
-            cache.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(race = %race.id(), %err, "cache write failed");
-        }
-    });
-}
-
 struct SessionEntry {
     addr: Addr<Session>,
     race: String,
@@ -274,7 +180,10 @@ pub struct Hub {
     failed: HashMap<String, (std::time::Instant, HubError)>,
     limits: RaceLimits,
     sessions: BTreeMap<String, SessionEntry>,
+    /// The cache, to learn of races only it holds.
     cache: Option<Arc<RaceCache>>,
+    /// Cache, then file: how a race not in memory is loaded.
+    loader: Loader,
     data_dir: PathBuf,
     max_sessions: usize,
     max_viewers_per_session: usize,
@@ -305,6 +214,7 @@ impl Hub {
     ) -> Self {
         Self {
             lookahead_window,
+            loader: Loader::new(cache.clone(), metrics.clone()),
             metrics,
             broker: None,
             replica_sink: None,
@@ -393,20 +303,18 @@ impl Hub {
         let path = entry.path.clone();
         let race = race.to_owned();
         tracing::info!(race = %race, "loading race");
-        let task = load_race(
-            race.clone(),
-            path,
-            self.cache.clone(),
-            self.metrics.clone(),
-            budget,
-        );
+        let loader = self.loader.clone();
+        let task = {
+            let race = race.clone();
+            async move { loader.load(&race, path, budget).await }
+        };
         ctx.spawn(task.into_actor(self).map(move |result, act, _| {
             act.finish_load(race, result);
         }));
         rx
     }
 
-    fn finish_load(&mut self, race: String, result: Result<Arc<EncodedRace>, String>) {
+    fn finish_load(&mut self, race: String, result: Result<Arc<EncodedRace>, LoadError>) {
         let result = match result {
             Ok(encoded) => {
                 tracing::info!(
@@ -418,11 +326,11 @@ impl Hub {
                 self.keep_loaded(&race, encoded.clone());
                 Ok(encoded)
             }
-            Err(reason) => {
-                tracing::error!(race = %race, %reason, "race load failed");
+            Err(source) => {
+                tracing::error!(race = %race, err = %source, "race load failed");
                 let err = HubError::LoadFailed {
                     race: race.clone(),
-                    reason,
+                    source: Arc::new(source),
                 };
                 self.failed
                     .insert(race.clone(), (std::time::Instant::now(), err.clone()));
@@ -742,10 +650,7 @@ impl Handler<LoadRace> for Hub {
 }
 
 fn aborted(race: &str) -> HubError {
-    HubError::LoadFailed {
-        race: race.to_owned(),
-        reason: "the hub is shutting down".into(),
-    }
+    HubError::ShuttingDown(race.to_owned())
 }
 
 #[derive(Message)]
@@ -840,7 +745,8 @@ impl Handler<ImportRace> for Hub {
         let ImportRace { id, upload } = msg;
         let work = async move {
             let checked = tokio::task::spawn_blocking(move || -> Result<_, HubError> {
-                let race = load_race_file(&upload).map_err(HubError::InvalidRace);
+                let race =
+                    load_race_file(&upload).map_err(|e| HubError::InvalidRace(e.to_string()));
                 let race = race.and_then(|race| {
                     if race.id() != id {
                         return Err(HubError::InvalidRace(format!(
@@ -848,7 +754,8 @@ impl Handler<ImportRace> for Hub {
                             race.id()
                         )));
                     }
-                    let content = file_content_id(&upload).map_err(HubError::InvalidRace)?;
+                    let content = file_content_id(&upload)
+                        .map_err(|e| HubError::InvalidRace(e.to_string()))?;
                     std::fs::rename(&upload, &target)
                         .map_err(|e| HubError::Storage(format!("{}: {e}", target.display())))?;
                     Ok((race, content, target))
@@ -870,9 +777,7 @@ impl Handler<ImportRace> for Hub {
             act.races
                 .insert(id.clone(), RaceEntry::new(Some(path), (*race.meta).clone()));
             act.keep_loaded(&id, race.clone());
-            if let Some(cache) = &act.cache {
-                write_back(cache.clone(), race, content);
-            }
+            act.loader.write_back(race, content);
             tracing::info!(race = %id, created, "race imported");
             Ok(Imported {
                 race: act.races[&id].summary(),

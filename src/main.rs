@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(config) => actix_web::rt::System::new().block_on(serve(config)),
         Command::Generate(args) => {
             let started = std::time::Instant::now();
-            let meta = replay_hub::generate_race_file(&args).map_err(anyhow::Error::msg)?;
+            let meta = replay_hub::cli::generate_race_file(&args)?;
             println!(
                 "wrote {} ({} laps, {} drivers, {} frames) in {:.2} s",
                 args.out.display(),
@@ -68,9 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            let summary = runtime
-                .block_on(replay_hub::import_race_file(&args))
-                .map_err(anyhow::Error::msg)?;
+            let summary = runtime.block_on(replay_hub::cli::import_race_file(&args))?;
             println!("{summary}");
             Ok(())
         }

@@ -297,9 +297,9 @@ impl Metrics {
     }
 
     /// Samples the process's CPU and memory every `every`, for as long as the runtime lives.
-    pub fn sample_process(self: &Arc<Self>, every: Duration) {
+    pub fn sample_process(self: &Arc<Self>, every: Duration, tasks: &crate::shutdown::Tasks) {
         let metrics = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn("process sampler", async move {
             let Ok(pid) = sysinfo::get_current_pid() else {
                 return;
             };

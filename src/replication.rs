@@ -11,14 +11,15 @@
 //! timeline. Without Redis, [`crate::session_store::LocalStore`] takes the same messages and
 //! keeps the records in the data directory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::ids::{RaceId, TokenHash};
+use crate::shutdown::Tasks;
 use actix::prelude::*;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::clock::{wall_ms, SPEED_RANGE};
 
@@ -150,28 +151,42 @@ pub struct Replication {
     url: String,
     prefix: String,
     manager: OnceLock<redis::aio::ConnectionManager>,
-    subscribed: AtomicBool,
+    /// True while subscribed to announcements: readiness, and what start-up waits for.
+    subscribed: watch::Sender<bool>,
     script: redis::Script,
 }
 
 impl Replication {
     /// Connects in the background (a Redis that is down does not stop the hub) and forwards
     /// every announcement to `events`.
-    pub fn connect(url: &str, prefix: &str, events: Recipient<ReplicaEvent>) -> Arc<Self> {
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        events: Recipient<ReplicaEvent>,
+        tasks: &Tasks,
+    ) -> Arc<Self> {
         let broker = Arc::new(Self {
             url: url.to_owned(),
             prefix: prefix.to_owned(),
             manager: OnceLock::new(),
-            subscribed: AtomicBool::new(false),
+            subscribed: watch::Sender::new(false),
             script: redis::Script::new(PUBLISH_IF_NEWER),
         });
-        tokio::spawn(broker.clone().listen(events));
+        tasks.spawn("redis subscriber", broker.clone().listen(events));
         broker
     }
 
     /// Subscribed to announcements right now: what readiness reports.
     pub fn is_ready(&self) -> bool {
-        self.subscribed.load(Ordering::Relaxed)
+        *self.subscribed.borrow()
+    }
+
+    /// Waits (at most `timeout`) until subscribed; true if it is.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut ready = self.subscribed.subscribe();
+        tokio::time::timeout(timeout, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn channel(&self) -> String {
@@ -194,7 +209,7 @@ impl Replication {
                 Ok(mut messages) => {
                     delay = Duration::from_millis(100);
                     warned = false;
-                    self.subscribed.store(true, Ordering::Relaxed);
+                    self.subscribed.send_replace(true);
                     tracing::info!(url = %self.url, "broker subscribed");
                     events.do_send(ReplicaEvent::Connected);
                     while let Some(message) = messages.next().await {
@@ -215,7 +230,7 @@ impl Replication {
                             Err(err) => tracing::warn!(%err, "ignoring a malformed announcement"),
                         }
                     }
-                    self.subscribed.store(false, Ordering::Relaxed);
+                    self.subscribed.send_replace(false);
                     tracing::warn!(url = %self.url, "broker connection lost; sessions play on from local state");
                     events.do_send(ReplicaEvent::Disconnected);
                 }
@@ -251,11 +266,8 @@ impl Replication {
     /// The command connection; just after start-up, waits a moment for the first connect
     /// rather than answering as if Redis knew nothing.
     async fn connection(&self) -> Result<redis::aio::ConnectionManager, ReplicationError> {
-        for _ in 0..20 {
-            if let Some(manager) = self.manager.get() {
-                return Ok(manager.clone());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.manager.get().is_none() {
+            self.wait_ready(Duration::from_secs(1)).await;
         }
         self.manager
             .get()

@@ -170,16 +170,21 @@ impl From<DriverStatus> for u8 {
     }
 }
 
-impl TryFrom<u8> for DriverStatus {
-    type Error = String;
+/// A driver status byte outside 0..=3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid driver status {0} (expected 0..=3)")]
+pub struct UnknownStatus(pub u8);
 
-    fn try_from(v: u8) -> Result<Self, String> {
+impl TryFrom<u8> for DriverStatus {
+    type Error = UnknownStatus;
+
+    fn try_from(v: u8) -> Result<Self, UnknownStatus> {
         match v {
             0 => Ok(DriverStatus::Running),
             1 => Ok(DriverStatus::Pit),
             2 => Ok(DriverStatus::Retired),
             3 => Ok(DriverStatus::Finished),
-            _ => Err(format!("invalid driver status {v} (expected 0..=3)")),
+            _ => Err(UnknownStatus(v)),
         }
     }
 }

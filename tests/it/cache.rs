@@ -13,9 +13,11 @@ use common::{
     Viewer, REDIS_URL,
 };
 use futures_util::StreamExt;
-use replay_hub::cache::{file_content_id, CacheSpec, Compression, RaceCache, SCHEMA};
+use replay_hub::cache::{CacheSpec, Compression, RaceCache, SCHEMA};
 use replay_hub::encode::EncodedRace;
-use replay_hub::hub::{load_race_file, RaceSummary};
+use replay_hub::hub::RaceSummary;
+use replay_hub::loader::{file_content_id, load_race_file};
+use replay_hub::shutdown::Tasks;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -75,7 +77,7 @@ async fn redis_round_trip_is_byte_for_byte_under_a_versioned_key_schema() {
     for compression in [Compression::Zstd, Compression::None] {
         let prefix = Prefix::new("roundtrip");
         let spec = CacheSpec::Redis(REDIS_URL.into());
-        let cache = RaceCache::open(&spec, &prefix.0, compression).unwrap();
+        let cache = RaceCache::open(&spec, &prefix.0, compression, &Tasks::default()).unwrap();
         ready(&cache).await;
         assert!(cache
             .load("test-race", None, u64::MAX)
@@ -242,7 +244,7 @@ async fn redis_down_at_start_then_back() {
 async fn redis_killed_mid_load_gives_a_clear_error_and_nothing_partial() {
     let mut redis = PrivateRedis::start();
     let spec = CacheSpec::Redis(redis.url());
-    let cache = RaceCache::open(&spec, "kill", Compression::None).unwrap();
+    let cache = RaceCache::open(&spec, "kill", Compression::None, &Tasks::default()).unwrap();
     ready(&cache).await;
     let original = encoded_test_race();
     cache.store(&original, "e1-00000001").await.unwrap();
@@ -346,6 +348,7 @@ async fn a_corrupted_chunk_is_detected_reloaded_from_the_file_and_counted() {
         &CacheSpec::Redis(REDIS_URL.into()),
         &prefix.0,
         Compression::Zstd,
+        &Tasks::default(),
     )
     .unwrap();
     ready(&cache).await;

@@ -217,19 +217,22 @@ async fn race_files_claiming_absurd_frame_counts_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_values_longer_than_they_may_be_are_refused_unread() {
-    use replay_hub::cache::{file_content_id, CacheError, CacheSpec, Compression, RaceCache};
+    use replay_hub::cache::{CacheError, CacheSpec, Compression, RaceCache};
+    use replay_hub::loader::file_content_id;
+    use replay_hub::shutdown::Tasks;
     let prefix = Prefix::new("hostile");
     let cache = RaceCache::open(
         &CacheSpec::Redis(REDIS_URL.into()),
         &prefix.0,
         Compression::Zstd,
+        &Tasks::default(),
     )
     .unwrap();
     eventually("the cache is ready", || async {
         cache.is_ready().then_some(())
     })
     .await;
-    let race = std::sync::Arc::new(replay_hub::hub::load_race_file(race_file()).unwrap());
+    let race = std::sync::Arc::new(replay_hub::loader::load_race_file(race_file()).unwrap());
     let content = file_content_id(race_file()).unwrap();
     cache.store(&race, &content).await.unwrap();
     let mut conn = redis_conn(REDIS_URL);
@@ -343,7 +346,7 @@ fn race_copy(id: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loaded_races_stay_within_the_memory_budget() {
-    let one_race = replay_hub::hub::load_race_file(race_file())
+    let one_race = replay_hub::loader::load_race_file(race_file())
         .unwrap()
         .memory_bytes();
     let hub = TestHub::start_with(|c| {

@@ -16,6 +16,7 @@ mod datadir;
 mod events;
 mod hardening;
 mod import_openf1;
+mod layout;
 mod lookahead;
 mod looping;
 mod observability;
