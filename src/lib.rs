@@ -5,15 +5,15 @@
 //! server or one of the [`cli`] subcommands. `docs/ARCHITECTURE.md` says what each module owns
 //! and traces a frame from race file to viewer socket.
 
-pub mod admission;
-pub mod api;
+pub(crate) mod admission;
+pub(crate) mod api;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod datadir;
+pub(crate) mod datadir;
 pub mod encode;
-pub mod error;
+pub(crate) mod error;
 pub mod fd_limit;
 pub mod feed;
 pub mod frame_guard;
@@ -24,14 +24,14 @@ pub mod loader;
 pub mod loadtest;
 pub mod metrics;
 pub mod outlet;
-pub mod pages;
+pub(crate) mod pages;
 pub mod race;
-pub mod replication;
+pub(crate) mod replication;
 pub mod session;
-pub mod session_store;
+pub(crate) mod session_store;
 pub mod shutdown;
-pub mod startup;
-pub mod viewer;
+pub(crate) mod startup;
+pub(crate) mod viewer;
 pub mod window_codec;
 
 pub use crate::datadir::scan_races;
