@@ -57,8 +57,10 @@ echo "race file: $(stat -c %s "$RACE") bytes"
 for run in $(seq "$RUNS"); do
   quiet
   echo "load $run: $(uptime)"
-  # A fresh hub each run, so it parses, validates and encodes the race file every time.
-  "$T/replay-hub" serve --bind 127.0.0.1:18101 --data-dir "$WORK/data" --admin-token bench \
+  # A fresh hub over a fresh data directory each run (a hub resumes the sessions it finds in
+  # one, loading their races before it listens), so it parses, validates and encodes the race.
+  rm -rf "$WORK/hub"; mkdir "$WORK/hub"; cp "$RACE" "$WORK/hub/"
+  "$T/replay-hub" serve --bind 127.0.0.1:18101 --data-dir "$WORK/hub" --admin-token bench \
     --demo-session "" --cache none >/dev/null 2>"$WORK/hub.log" &
   HUB=$!
   PIDS+=($HUB)
