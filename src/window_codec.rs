@@ -292,7 +292,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedWindow, Code
 
 /// The first value of `got` further than half a quantisation step from the same value of
 /// `want` (plus the float32 rounding of the value itself), described; `None` when every value
-/// of every car is within its step. What tests hold decoded windows to.
+/// of every car is within its step. A value that is not a number on either side is a
+/// mismatch: the format carries none. What tests hold decoded windows to.
 pub fn first_mismatch(got: &DecodedFrame, want: &DecodedFrame) -> Option<String> {
     if got.i != want.i || got.lap != want.lap || got.drivers.len() != want.drivers.len() {
         return Some(format!(
@@ -305,14 +306,16 @@ pub fn first_mismatch(got: &DecodedFrame, want: &DecodedFrame) -> Option<String>
             want.drivers.len()
         ));
     }
-    if (got.t - want.t).abs() > 0.5 / T_SCALE + 1e-9 {
+    // Written as "not within" so that a NaN on either side is a mismatch, never a pass.
+    let within = |a: f64, b: f64, bound: f64| a == b || (a - b).abs() <= bound;
+    if !within(got.t, want.t, 0.5 / T_SCALE + 1e-9) {
         return Some(format!("frame {}: t {} against {}", want.i, got.t, want.t));
     }
     for (car, (g, w)) in got.drivers.iter().zip(&want.drivers).enumerate() {
         for (field, &(name, scale)) in QUANTA.iter().enumerate() {
             let (a, b) = (real_value(g, field), real_value(w, field));
             let bound = 0.5 / scale + b.abs() * f64::from(f32::EPSILON) + 1e-9;
-            if (a - b).abs() > bound {
+            if !within(a, b, bound) {
                 return Some(format!(
                     "frame {} car {car} {name}: {a} against {b} (at most {bound} apart)",
                     want.i
@@ -682,6 +685,29 @@ mod tests {
         frames[1].drivers[0].throttle = 99.6;
         let window = decode(&encode(1, &frames).unwrap(), &DecodeLimits::default()).unwrap();
         assert_eq!(window.frames[1].drivers[0].throttle, 100.0);
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_number_never_passes_for_its_decoded_form() {
+        let race = race(2);
+        let mut frames = push_frames(&race, &[100, 101]);
+        frames[1].drivers[3].gap_to_leader = f32::NAN;
+        let window = decode(&encode(1, &frames).unwrap(), &DecodeLimits::default()).unwrap();
+        assert!(first_mismatch(&window.frames[0], &frames[0]).is_none());
+        let mismatch = first_mismatch(&window.frames[1], &frames[1]).expect("NaN is no match");
+        assert!(mismatch.contains("car 3 gap_to_leader"), "{mismatch}");
+        assert!(
+            first_mismatch(&frames[1], &frames[1]).is_some(),
+            "not even itself"
+        );
+        let mut t = frames[0].clone();
+        t.t = f64::NAN;
+        assert!(first_mismatch(&t, &frames[0]).is_some());
+        assert!(first_mismatch(&frames[0], &t).is_some());
+        // Equal infinities are equal (the difference of two is NaN).
+        let mut inf = frames[0].clone();
+        inf.drivers[0].dist = f32::INFINITY;
+        assert!(first_mismatch(&inf, &inf).is_none());
     }
 
     #[test]

@@ -1,11 +1,21 @@
 //! Compact look-ahead windows (`enc=qdelta1`) against the real hub: negotiated on connect,
 //! carrying the push-mode frames within the documented quantisation, on the same schedule as
-//! msgpack windows (seek included), and far smaller.
+//! msgpack windows (seek included), and far smaller; for a generated race and for a race
+//! imported from an OpenF1 fixture server with real data's gaps and oddities.
 
 use crate::common;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use common::{Received, TestHub, Viewer};
 use replay_hub::encode::{DecodedFrame, DecodedWindow};
+use replay_hub::import::openf1::fixture::{
+    Fixture, FixtureServer, FixtureSpec, GAP_CAR, LIGHTS_OUT, PITTING_CAR,
+};
+use replay_hub::import::openf1::import;
+use replay_hub::import::openf1::schema::parse_date;
+use replay_hub::race::{DriverFrame, DriverStatus};
 use replay_hub::window_codec::{first_mismatch, MARKER};
 use serde_json::{json, Value};
 
@@ -199,4 +209,163 @@ async fn an_encoding_the_hub_does_not_speak_is_refused_with_a_json_400() {
     // Old clients that name no encoding keep msgpack windows.
     let viewer = Viewer::connect(&format!("{}?mode=lookahead", hub.ws_url("demo", None))).await;
     assert_eq!(viewer.hello["encoding"], "msgpack");
+}
+
+/// An OpenF1 session with the mess real ones have, beyond what the generator puts in (a
+/// retirement, a lapped car's `+1 LAP`, the leader's null gaps): null gaps during the first
+/// minutes and scattered through the race, a car with no classification after the start and one
+/// with none at all, and a car without stints (its tyre unknown, -1).
+fn messy_openf1_session() -> Fixture {
+    let mut fixture = Fixture::generate(&FixtureSpec::small());
+    let mut k = 0u32;
+    fixture.retain_mut("intervals", |r| {
+        k += 1;
+        // Like the live timing, no gaps at all during the first minute of racing.
+        let early = r["date"]
+            .as_str()
+            .and_then(parse_date)
+            .is_some_and(|t| t < LIGHTS_OUT + 60.0);
+        if early || k.is_multiple_of(5) {
+            r["gap_to_leader"] = Value::Null;
+        }
+        if early || k.is_multiple_of(3) {
+            r["interval"] = Value::Null;
+        }
+        true
+    });
+    let mut seen_pitting_car = false;
+    let pitting = NUMBERS[PITTING_CAR];
+    fixture.retain_mut("position", |r| match r["driver_number"].as_u64() {
+        Some(n) if n == u64::from(pitting) => !std::mem::replace(&mut seen_pitting_car, true),
+        Some(n) => n != u64::from(NUMBERS[LAPPED_CAR]),
+        None => true,
+    });
+    fixture.retain_mut("stints", |r| {
+        r["driver_number"].as_u64() != Some(u64::from(NUMBERS[GAP_CAR]))
+    });
+    fixture
+}
+
+/// The car the small fixture's leader laps, by index in the grid.
+const LAPPED_CAR: usize = 3;
+/// Driver numbers in grid order, as the fixture lists them.
+const NUMBERS: [u32; 4] = [1, 11, 44, 63];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_openf1_race_decodes_from_compact_windows_to_its_push_frames_throughout() {
+    let fixture = messy_openf1_session();
+    let intervals = fixture.records("intervals");
+    assert!(intervals.iter().any(|r| r["gap_to_leader"]
+        .as_str()
+        .is_some_and(|g| g.contains("LAP"))));
+    assert!(intervals.iter().any(|r| r["gap_to_leader"].is_null()));
+    let server = FixtureServer::start(fixture, Vec::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = import(
+        &crate::import_openf1::args(&server.url, dir.path(), &[]),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .expect("import succeeds");
+    server.stop();
+    let (meta, race) = crate::import_openf1::read_race(&summary.out);
+    let codes: Vec<&str> = meta.drivers.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(codes, ["VER", "PER", "HAM", "RUS"], "in NUMBERS order");
+    // What the race holds that a generated race does not.
+    let cars = |pick: fn(&DriverFrame) -> bool| race.iter().flat_map(|f| &f.drivers).any(pick);
+    assert!(cars(|d| d.status == DriverStatus::Retired));
+    assert!(cars(
+        |d| d.status == DriverStatus::Running && d.gap_to_leader > 30.0
+    ));
+    assert!(cars(|d| d.tyre == -1));
+    assert!(cars(|d| d.dist < 0.0));
+    assert!(race.iter().all(|f| f.drivers[GAP_CAR].tyre == -1));
+
+    let hub = TestHub::start_with(|c| {
+        c.demo_session = String::new();
+        c.lookahead_window_ms = 5000;
+    });
+    let put = hub
+        .http()
+        .put(hub.url(&format!("/api/races/{}", meta.id)))
+        .bearer_auth(&hub.admin_token)
+        .body(std::fs::read(&summary.out).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
+    let created: Value = hub
+        .http()
+        .post(hub.url("/api/sessions"))
+        .bearer_auth(&hub.admin_token)
+        .json(&json!({"race": meta.id, "id": "real", "autoplay": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["control_token"].as_str().unwrap().to_owned();
+
+    // The push-mode frames, which are the race's own.
+    let total = meta.total_frames;
+    let mut push: Vec<DecodedFrame> = Vec::with_capacity(total as usize);
+    while (push.len() as u32) < total {
+        let from = push.len() as u32;
+        let to = (from + 500).min(total);
+        let body = hub
+            .get(&format!(
+                "/api/races/{}/frames?from={from}&to={to}",
+                meta.id
+            ))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        let chunk: Vec<DecodedFrame> = rmp_serde::from_slice(&body).expect("wire frames");
+        assert_eq!(chunk.len() as u32, to - from);
+        push.extend(chunk);
+    }
+    for (k, (p, f)) in push.iter().zip(&race).enumerate() {
+        assert_eq!((p.i, p.t, p.lap), (k as u32, f.t, f.lap));
+        assert_eq!(p.drivers, f.drivers, "frame {k}");
+    }
+
+    // Every frame of the race from compact windows: play, and seek to the first frame no
+    // window has carried yet until none is left.
+    let mut viewer = Viewer::connect(&url(&hub, "real", Some(&token), "qdelta1")).await;
+    assert_eq!(viewer.hello["encoding"], "qdelta1");
+    let mut epoch = viewer.hello["state"]["epoch"].as_u64().unwrap();
+    let mut carried = vec![false; total as usize];
+    let mut seeks = 0;
+    loop {
+        let window = loop {
+            match viewer.next().await {
+                Received::Window(w) if w.epoch >= epoch => break w,
+                Received::Closed(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        };
+        epoch = window.epoch;
+        assert!(window.indices.windows(2).all(|p| p[1] == p[0] + 1), "1×");
+        for frame in &window.frames {
+            let want = &push[frame.i as usize];
+            if let Some(mismatch) = first_mismatch(frame, want) {
+                panic!("{mismatch}");
+            }
+            carried[frame.i as usize] = true;
+        }
+        let Some(next) = carried.iter().position(|c| !c) else {
+            break;
+        };
+        seeks += 1;
+        assert!(
+            seeks <= 2 * total / 250 + 4,
+            "{seeks} seeks for {total} frames"
+        );
+        viewer
+            .send_json(json!({"cmd": "seek", "frame": next}))
+            .await;
+        epoch += 1;
+    }
 }

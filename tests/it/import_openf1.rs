@@ -22,7 +22,7 @@ use replay_hub::import::openf1::{import, RaceEventKind};
 use replay_hub::race::{DriverStatus, Frame, RaceMeta, RaceReader, TrackStatus};
 use serde_json::json;
 
-fn args(url: &str, data_dir: &Path, extra: &[&str]) -> Openf1Args {
+pub(crate) fn args(url: &str, data_dir: &Path, extra: &[&str]) -> Openf1Args {
     let dir = data_dir.to_str().unwrap();
     let mut argv = vec![
         "replay-hub",
@@ -54,7 +54,7 @@ fn args(url: &str, data_dir: &Path, extra: &[&str]) -> Openf1Args {
     }
 }
 
-fn read_race(path: &Path) -> (RaceMeta, Vec<Frame>) {
+pub(crate) fn read_race(path: &Path) -> (RaceMeta, Vec<Frame>) {
     let reader = RaceReader::new(std::fs::File::open(path).unwrap()).unwrap();
     let meta = reader.meta().clone();
     let frames: Vec<Frame> = reader.map(|f| f.expect("every frame valid")).collect();
