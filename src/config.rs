@@ -10,8 +10,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{CacheSpec, Compression};
-use crate::feed::Mode;
-use crate::window_codec::WindowEncoding;
 
 /// replay-hub: broadcast Formula 1 race replays to many synchronised viewers.
 ///
@@ -55,8 +53,6 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validate a race file, encode it and store it in the cache, for any hub to serve.
     Import(ImportArgs),
-    /// Open many WebSocket viewers against a running hub and report what they receive.
-    Loadtest(LoadtestArgs),
 }
 
 /// Where encoded races are cached; shared by `serve` and `import`.
@@ -365,42 +361,6 @@ pub struct ImportArgs {
 pub enum ImportSource {
     /// Download a session from the OpenF1 API and write it as a race file (docs/IMPORTING.md).
     Openf1(crate::import::openf1::Openf1Args),
-}
-
-/// Arguments of `replay-hub loadtest`.
-#[derive(Debug, Clone, Args)]
-pub struct LoadtestArgs {
-    /// WebSocket URL of a session, e.g. ws://127.0.0.1:8080/ws/sessions/demo
-    #[arg(long)]
-    pub url: String,
-    /// Viewers that read every frame.
-    #[arg(long, default_value_t = 100)]
-    pub viewers: usize,
-    /// Extra viewers that connect and never read (with a tiny receive buffer).
-    #[arg(long, default_value_t = 0)]
-    pub stalled: usize,
-    /// Seconds to measure for, after every viewer has connected.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
-    /// Delivery mode to ask for: push (a message per frame) or lookahead (windows of frames,
-    /// each shown at its time after a clock sync with the hub).
-    #[arg(long, value_enum, default_value_t = Mode::Push)]
-    pub mode: Mode,
-    /// Look-ahead window encoding to ask for (`enc=` on the URL): msgpack (push frames in a
-    /// msgpack map) or qdelta1 (quantised, delta-coded, deflated; see docs/PROTOCOL.md).
-    #[arg(long, value_enum, default_value_t = WindowEncoding::Msgpack)]
-    pub enc: WindowEncoding,
-    /// Spread the viewers' sockets over this many loopback source addresses (127.0.0.1,
-    /// 127.0.0.2, ...), so many thousands of connections to one hub do not run out of ephemeral
-    /// ports; only for a hub on a loopback address.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
-    pub source_addrs: u8,
-    /// The hub's process id: adds its CPU time per delivered frame and its resident memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Also write the figures as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ pub mod feed;
 pub mod frame_guard;
 pub mod hub;
 pub mod import;
-pub mod loadtest;
 pub mod metrics;
 pub mod outlet;
 pub mod pages;
