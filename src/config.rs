@@ -106,7 +106,7 @@ pub struct Config {
     pub max_upload_bytes: u64,
 
     /// Bearer token for admin endpoints (create/delete sessions). Generated and printed when unset.
-    #[arg(long, env = "REPLAY_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "REPLAY_HUB_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
     pub admin_token: Option<String>,
 
     /// Session created and playing at start-up, over the first race ("" for none).
@@ -297,6 +297,27 @@ pub fn parse_bind(value: &str) -> Result<SocketAddr, BadBind> {
      [::1]:8080, localhost:8080) or a bare port (8080)"
 )]
 pub struct BadBind;
+
+/// Parses `--admin-token`: an empty one would let `Authorization: Bearer ` through, and one with
+/// whitespace at either end could never be presented (the presented token is trimmed).
+pub fn parse_admin_token(value: &str) -> Result<String, BadAdminToken> {
+    if value.trim().is_empty() {
+        return Err(BadAdminToken::Empty);
+    }
+    if value.trim() != value {
+        return Err(BadAdminToken::Whitespace);
+    }
+    Ok(value.to_owned())
+}
+
+/// An `--admin-token` / `REPLAY_HUB_ADMIN_TOKEN` the hub refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum BadAdminToken {
+    #[error("the admin token is empty: set a secret, or unset it to have one generated")]
+    Empty,
+    #[error("the admin token starts or ends with whitespace (a trailing newline?): remove it")]
+    Whitespace,
+}
 
 /// Arguments of `replay-hub generate`.
 #[derive(Debug, Clone, Args)]

@@ -23,8 +23,13 @@ fn binary() -> Command {
 
 /// Runs the binary to completion (it must exit by itself) and returns what it printed.
 fn run(args: &[&str]) -> Output {
+    run_with_env(args, &[])
+}
+
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let child = binary()
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -210,6 +215,33 @@ fn piped_logs_have_no_colour_codes_and_json_logs_parse() {
     }
     let (_, env) = serve_briefly(&[], &[("REPLAY_HUB_LOG_FORMAT", "json")]);
     assert!(env.lines().all(|l| l.starts_with('{')), "{env}");
+}
+
+#[test]
+fn an_empty_or_padded_admin_token_is_refused() {
+    // Each would start a hub whose admin endpoints take `Authorization: Bearer ` (or no token
+    // anyone can send): it must refuse to start instead.
+    let bind = ["--bind", "127.0.0.1:0", "--cache", "none"];
+    for (flag, env) in [(Some(""), None), (None, Some("")), (None, Some("   "))] {
+        let mut args = bind.to_vec();
+        if let Some(value) = flag {
+            args.extend(["--admin-token", value]);
+        }
+        let env: Vec<(&str, &str)> = env
+            .map(|v| ("REPLAY_HUB_ADMIN_TOKEN", v))
+            .into_iter()
+            .collect();
+        let output = run_with_env(&args, &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag:?} {env:?}: {stderr}");
+        assert!(stderr.contains("the admin token is empty"), "{stderr}");
+    }
+    let mut args = bind.to_vec();
+    args.extend(["--admin-token", "secret\n"]);
+    let output = run(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("whitespace"), "{stderr}");
 }
 
 #[test]
