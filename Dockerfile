@@ -2,11 +2,19 @@
 # the binary. Build with: docker build -t replay-hub .
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# Only what the server's build reads: its manifest and sources, the circuits and web files it
+# embeds (include_str!), and the other workspace members' manifests, without which cargo cannot
+# load the workspace or check Cargo.lock. Targets it does not build (benches, tests, the bench/
+# tools) have explicit paths in their manifests, so their files need not be here.
+# scripts/test docker-context builds this stage from exactly these files, without Docker.
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY circuits circuits
 COPY web/dist web/dist
-RUN cargo build --release --locked --bin replay-hub \
+COPY web/src/index.html web/src/session.html web/src/style.css web/src/favicon.svg web/src/
+COPY bench/Cargo.toml bench/
+COPY bench/openf1-fixture/Cargo.toml bench/openf1-fixture/
+RUN cargo build --release --locked -p replay-hub --bin replay-hub \
  && strip target/release/replay-hub
 
 FROM gcr.io/distroless/cc-debian12:nonroot

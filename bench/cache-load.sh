@@ -4,9 +4,9 @@
 # Needs redis-server. Uses ports 18100 (hub) and 16390 (a private Redis). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin replay-hub --example first_frame
+cargo build --release --locked --quiet -p replay-hub -p replay-hub-bench --bin replay-hub --bin first_frame
 BIN=target/release/replay-hub
-FF=target/release/examples/first_frame
+FF=target/release/first_frame
 WORK=$(mktemp -d /tmp/rh-bench.XXXX)
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 PORT=${PORT:-8999}
 T=${CARGO_TARGET_DIR:-target}/release
-[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub \
-  --example openf1_fixture --example first_frame >&2
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked -p replay-hub -p replay-hub-bench \
+  --bin replay-hub --bin openf1_server --bin first_frame >&2
 WORK=$(mktemp -d /tmp/replay-hub-openf1.XXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -24,7 +24,7 @@ quiet() { # waits for the 1-minute load to drop below 2.5, for at most QUIET_TRI
   done
 }
 
-"$T/examples/openf1_fixture" 57 20 "$PORT" >"$WORK/url" 2>"$WORK/fixture.log" &
+"$T/openf1_server" 57 20 "$PORT" >"$WORK/url" 2>"$WORK/fixture.log" &
 PIDS+=($!)
 for _ in $(seq 1200); do [[ -s $WORK/url ]] && break; sleep 0.1; done
 URL=$(cat "$WORK/url")
@@ -66,6 +66,6 @@ for run in $(seq "$RUNS"); do
   PIDS+=($HUB)
   for _ in $(seq 100); do curl -sf localhost:18101/healthz >/dev/null && break; sleep 0.05; done
   # create -> 201 and create -> first frame, in ms
-  echo "load $run: $("$T/examples/first_frame" http://127.0.0.1:18101 bench monza-2024)"
+  echo "load $run: $("$T/first_frame" http://127.0.0.1:18101 bench monza-2024)"
   kill "$HUB"; wait "$HUB" 2>/dev/null || true
 done

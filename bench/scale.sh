@@ -3,7 +3,8 @@
 # session, and the load tool opens VIEWERS viewers with compact windows, spread over SOURCES
 # loopback source addresses. Prints the load tool's report and the hub's memory per viewer.
 # Environment: VIEWERS (20000), SECONDS_PER_RUN (20), SOURCES (8), ENC (qdelta1), OUT
-# (/tmp/replay-hub-scale: the JSON report and logs), NO_BUILD=1 to use the release binary as it is.
+# (/tmp/replay-hub-scale: the JSON report and logs), NO_BUILD=1 to use the release binaries as they
+# are. The load tool is replay-hub-bench's `loadtest` (BENCHMARKS.md, "Tools").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWERS=${VIEWERS:-20000}
@@ -12,6 +13,7 @@ SOURCES=${SOURCES:-8}
 ENC=${ENC:-qdelta1}
 OUT=${OUT:-/tmp/replay-hub-scale}
 BIN=${CARGO_TARGET_DIR:-target}/release/replay-hub
+LOADTEST=${CARGO_TARGET_DIR:-target}/release/loadtest
 # One descriptor per viewer on each side, and some to spare (raising the hard limit needs root).
 FDS=$((VIEWERS + 1000))
 if ! ulimit -Hn "$FDS" 2>/dev/null; then
@@ -19,7 +21,8 @@ if ! ulimit -Hn "$FDS" 2>/dev/null; then
   echo "warning: the hard open-file limit is $FDS here: each side can hold fewer than $FDS viewers" >&2
 fi
 ulimit -n "$FDS" || { echo "cannot raise the open-file limit to $FDS" >&2; exit 1; }
-[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub >&2
+[[ ${NO_BUILD:-0} == 1 ]] ||
+  cargo build --release --locked -p replay-hub -p replay-hub-bench --bin replay-hub --bin loadtest >&2
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/replay-hub-scale.XXXX)
 "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none \
@@ -30,7 +33,7 @@ for _ in $(seq 600); do grep -q '^viewer URL' "$WORK/hub.out" 2>/dev/null && bre
 VIEW=$(sed -n 's/^viewer URL: *//p' "$WORK/hub.out")
 sleep 2
 BEFORE=$(awk '/^VmRSS/ {print $2}' /proc/$HUB/status)
-"$BIN" loadtest --url "$VIEW" --viewers "$VIEWERS" --seconds "$SECONDS_PER_RUN" --mode lookahead \
+"$LOADTEST" --url "$VIEW" --viewers "$VIEWERS" --seconds "$SECONDS_PER_RUN" --mode lookahead \
   --enc "$ENC" --source-addrs "$SOURCES" --server-pid "$HUB" --json "$OUT/report.json"
 jq -r --argjson before "$BEFORE" '
   "hub RSS before any viewer \($before / 1024 * 10 | round / 10) MiB, with \(.connected) viewers \(.server_rss_end_kib / 1024 * 10 | round / 10) MiB: \((.server_rss_end_kib - $before) / .connected * 10 | round / 10) KiB per viewer"' \

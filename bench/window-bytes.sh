@@ -2,14 +2,17 @@
 # Bytes on the wire per frame of content, by delivery and window encoding, at 1×, 4× and 16×:
 # one hub (release build), a few viewers of its demo session per case, measured by the load tool.
 # Environment: SPEEDS ("1 4 16"), SECONDS_PER_RUN (10), VIEWERS (20), NO_BUILD=1 to use the
-# release binary as it is. Prints a Markdown table.
+# release binaries as they are. The load tool is replay-hub-bench's `loadtest` (BENCHMARKS.md,
+# "Tools"). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPEEDS=${SPEEDS:-1 4 16}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 VIEWERS=${VIEWERS:-20}
 BIN=${CARGO_TARGET_DIR:-target}/release/replay-hub
-[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub >&2
+LOADTEST=${CARGO_TARGET_DIR:-target}/release/loadtest
+[[ ${NO_BUILD:-0} == 1 ]] ||
+  cargo build --release --locked -p replay-hub -p replay-hub-bench --bin replay-hub --bin loadtest >&2
 WORK=$(mktemp -d /tmp/replay-hub-bytes.XXXX)
 "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none >"$WORK/hub.out" 2>"$WORK/hub.log" &
 HUB=$!
@@ -28,7 +31,7 @@ for speed in $SPEEDS; do
     read -r m enc <<<"$mode"
     args=(--mode "$m")
     [[ $enc != - ]] && args+=(--enc "$enc")
-    "$BIN" loadtest --url "$VIEW" --viewers "$VIEWERS" --seconds "$SECONDS_PER_RUN" \
+    "$LOADTEST" --url "$VIEW" --viewers "$VIEWERS" --seconds "$SECONDS_PER_RUN" \
       --json "$WORK/r.json" "${args[@]}" >/dev/null 2>"$WORK/lt.log" || { cat "$WORK/lt.log" >&2; exit 1; }
     jq -r --arg m "$m" --arg e "$enc" --arg s "$speed" \
       '"| \($m) | \($e) | \($s)× | \(.bytes_per_frame | round) | \(.bytes_per_second / .connected / 1000 * 100 | round / 100) |"' "$WORK/r.json"

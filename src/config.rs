@@ -10,8 +10,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{CacheSpec, Compression};
-use crate::feed::Mode;
-use crate::window_codec::WindowEncoding;
 
 /// replay-hub: broadcast Formula 1 race replays to many synchronised viewers.
 ///
@@ -55,8 +53,6 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validate a race file, encode it and store it in the cache, for any hub to serve.
     Import(ImportArgs),
-    /// Open many WebSocket viewers against a running hub and report what they receive.
-    Loadtest(LoadtestArgs),
 }
 
 /// Where encoded races are cached; shared by `serve` and `import`.
@@ -110,7 +106,7 @@ pub struct Config {
     pub max_upload_bytes: u64,
 
     /// Bearer token for admin endpoints (create/delete sessions). Generated and printed when unset.
-    #[arg(long, env = "REPLAY_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "REPLAY_HUB_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
     pub admin_token: Option<String>,
 
     /// Session created and playing at start-up, over the first race ("" for none).
@@ -302,6 +298,27 @@ pub fn parse_bind(value: &str) -> Result<SocketAddr, BadBind> {
 )]
 pub struct BadBind;
 
+/// Parses `--admin-token`: an empty one would let `Authorization: Bearer ` through, and one with
+/// whitespace at either end could never be presented (the presented token is trimmed).
+pub fn parse_admin_token(value: &str) -> Result<String, BadAdminToken> {
+    if value.trim().is_empty() {
+        return Err(BadAdminToken::Empty);
+    }
+    if value.trim() != value {
+        return Err(BadAdminToken::Whitespace);
+    }
+    Ok(value.to_owned())
+}
+
+/// An `--admin-token` / `REPLAY_HUB_ADMIN_TOKEN` the hub refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum BadAdminToken {
+    #[error("the admin token is empty: set a secret, or unset it to have one generated")]
+    Empty,
+    #[error("the admin token starts or ends with whitespace (a trailing newline?): remove it")]
+    Whitespace,
+}
+
 /// Arguments of `replay-hub generate`.
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
@@ -365,42 +382,6 @@ pub struct ImportArgs {
 pub enum ImportSource {
     /// Download a session from the OpenF1 API and write it as a race file (docs/IMPORTING.md).
     Openf1(Openf1Args),
-}
-
-/// Arguments of `replay-hub loadtest`.
-#[derive(Debug, Clone, Args)]
-pub struct LoadtestArgs {
-    /// WebSocket URL of a session, e.g. ws://127.0.0.1:8080/ws/sessions/demo
-    #[arg(long)]
-    pub url: String,
-    /// Viewers that read every frame.
-    #[arg(long, default_value_t = 100)]
-    pub viewers: usize,
-    /// Extra viewers that connect and never read (with a tiny receive buffer).
-    #[arg(long, default_value_t = 0)]
-    pub stalled: usize,
-    /// Seconds to measure for, after every viewer has connected.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
-    /// Delivery mode to ask for: push (a message per frame) or lookahead (windows of frames,
-    /// each shown at its time after a clock sync with the hub).
-    #[arg(long, value_enum, default_value_t = Mode::Push)]
-    pub mode: Mode,
-    /// Look-ahead window encoding to ask for (`enc=` on the URL): msgpack (push frames in a
-    /// msgpack map) or qdelta1 (quantised, delta-coded, deflated; see docs/PROTOCOL.md).
-    #[arg(long, value_enum, default_value_t = WindowEncoding::Msgpack)]
-    pub enc: WindowEncoding,
-    /// Spread the viewers' sockets over this many loopback source addresses (127.0.0.1,
-    /// 127.0.0.2, ...), so many thousands of connections to one hub do not run out of ephemeral
-    /// ports; only for a hub on a loopback address.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
-    pub source_addrs: u8,
-    /// The hub's process id: adds its CPU time per delivered frame and its resident memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Also write the figures as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ pub mod hub;
 pub mod ids;
 pub mod import;
 pub mod loader;
-pub mod loadtest;
 pub mod metrics;
 pub mod outlet;
 pub(crate) mod pages;

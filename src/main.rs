@@ -72,20 +72,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
-        Command::Loadtest(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            let json = args.json.clone();
-            let report = runtime.block_on(replay_hub::loadtest::run(args))?;
-            println!("{}", report.table());
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            match report.shortfall() {
-                None => Ok(()),
-                Some(shortfall) => Err(anyhow::anyhow!("loadtest: {shortfall}")),
-            }
-        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The chaos benchmark's own clients (`bench/chaos/run.sh` runs them beside `replay-hub
-//! loadtest`): viewers that fail over to another replica when theirs goes away, and a churn of
+//! The chaos benchmark's own clients (`bench/chaos/run.sh` runs them beside the load tool,
+//! `loadtest`): viewers that fail over to another replica when theirs goes away, and a churn of
 //! controllers that connect, seek and disconnect. It prints (and writes with `--json`) what a
 //! viewer lived through: outages, seconds to resume, frames skipped, viewers lost, churn cycles.
 //!

@@ -5,9 +5,10 @@
 #   (b) replica B is SIGKILLed at REPLICA_KILL_AT; its viewers fail over to replica A,
 #   (c) CHURN clients a second connect to a second session as controllers, seek, disconnect,
 #       half on each replica (all on A once B is gone), the whole run.
-# Viewers: STEADY on A through `replay-hub loadtest`; MOVING through bench/chaos (the example
-# `chaos`), which start on B, fail over to A and report outages, seconds to resume and frames
-# skipped. RSS of each replica is sampled every 5 s; the logs are searched for panics.
+# Viewers: STEADY on A through the load tool (replay-hub-bench's `loadtest`); MOVING through
+# bench/chaos (replay-hub-bench's `chaos`), which start on B, fail over to A and report outages,
+# seconds to resume and frames skipped. RSS of each replica is sampled every 5 s; the logs are
+# searched for panics.
 #
 # Environment: DURATION (600 s), STEADY (500), MOVING (500), CHURN (200), REDIS_KILL_AT (120),
 # REDIS_DOWN (10), REPLICA_KILL_AT (300), LAPS (10: the race must outlast the run), OUT
@@ -27,11 +28,12 @@ LAPS=${LAPS:-10}
 OUT=${OUT:-target/chaos}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET_DIR/release/replay-hub
-CHAOS=$TARGET_DIR/release/examples/chaos
+CHAOS=$TARGET_DIR/release/chaos
+LOADTEST=$TARGET_DIR/release/loadtest
 TOKEN=chaos-admin
 
 ulimit -n 20000 || { echo "cannot raise the open-file limit to 20000" >&2; exit 1; }
-cargo build --release --locked --bin replay-hub --example chaos
+cargo build --release --locked -p replay-hub -p replay-hub-bench --bin replay-hub --bin loadtest --bin chaos
 
 rm -rf "$OUT"
 mkdir -p "$OUT/logs" "$OUT/a" "$OUT/b"
@@ -112,7 +114,7 @@ echo "chaos: replicas a=$ADDR_a (pid $PID_a) b=$ADDR_b (pid $PID_b)" >&2
 
 T0=$(date +%s.%N)
 at() { python3 -c "import time; print(f'{time.time() - $T0:.1f}')"; }
-"$BIN" loadtest --url "ws://$ADDR_a/ws/sessions/main" --viewers "$STEADY" --seconds "$DURATION" \
+"$LOADTEST" --url "ws://$ADDR_a/ws/sessions/main" --viewers "$STEADY" --seconds "$DURATION" \
   --server-pid "$PID_a" --json "$OUT/loadtest.json" >"$OUT/logs/loadtest.log" 2>&1 &
 LOAD_PID=$!
 PIDS+=("$LOAD_PID")

@@ -26,14 +26,16 @@ FROM=${FROM:-5000}
 FRAMES=${FRAMES:-3000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET_DIR/release/replay-hub
-FLOOR=$TARGET_DIR/release/examples/floor
+FLOOR=$TARGET_DIR/release/floor
+LOADTEST=$TARGET_DIR/release/loadtest
 
 # 5000 viewers are 5000 sockets on each side; children inherit the limit.
 ulimit -n 20000 || { echo "cannot raise the open-file limit to 20000" >&2; exit 1; }
 # The load tool spreads its sockets over loopback source addresses (ephemeral ports).
 SOURCES=${SOURCES:-4}
 
-[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub --example floor
+[[ ${NO_BUILD:-0} == 1 ]] ||
+  cargo build --release --locked -p replay-hub -p replay-hub-bench --bin replay-hub --bin loadtest --bin floor
 
 if [[ " $TARGETS " == *" node "* ]] && [[ ! -d bench/peers/node/node_modules ]]; then
   (cd bench/peers/node && npm ci --no-audit --no-fund) >&2
@@ -130,7 +132,7 @@ for n in $VIEWERS; do
     esac
     echo "== $target, $n viewers, ${SECONDS_PER_RUN} s: $url" >&2
     rm -f "$OUT/$name.json"
-    "$BIN" loadtest --url "$url" --viewers "$n" --seconds "$SECONDS_PER_RUN" --server-pid "$pid" \
+    "$LOADTEST" --url "$url" --viewers "$n" --seconds "$SECONDS_PER_RUN" --server-pid "$pid" \
       --source-addrs "$SOURCES" --json "$OUT/$name.json" "${extra[@]}" >"$OUT/logs/$name-loadtest.log" 2>&1 ||
       echo "   load tool failed; see $OUT/logs/$name-loadtest.log" >&2
     stop "$pid"

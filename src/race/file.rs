@@ -470,6 +470,8 @@ impl<R: Read> RaceReader<R> {
         &self.meta
     }
 
+    /// Only the unit tests take the metadata out of a reader.
+    #[cfg(test)]
     pub fn into_meta(self) -> RaceMeta {
         self.meta
     }

@@ -9,10 +9,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use common::{Received, TestHub, Viewer};
+use openf1_fixture::{Fixture, FixtureServer, FixtureSpec, GAP_CAR, LIGHTS_OUT, PITTING_CAR};
 use replay_hub::encode::{DecodedFrame, DecodedWindow};
-use replay_hub::import::openf1::fixture::{
-    Fixture, FixtureServer, FixtureSpec, GAP_CAR, LIGHTS_OUT, PITTING_CAR,
-};
 use replay_hub::import::openf1::import;
 use replay_hub::import::openf1::schema::parse_date;
 use replay_hub::race::{DriverFrame, DriverStatus};

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{TestHub, Viewer, PATIENCE};
-use replay_hub::config::Openf1Args;
-use replay_hub::config::{Cli, Command as Sub, ImportSource};
-use replay_hub::import::openf1::fixture::{
+use openf1_fixture::{
     Fault, FaultAction, Fixture, FixtureServer, FixtureSpec, GAP_CAR, PITTING_CAR, RETIRING_CAR,
 };
+use replay_hub::config::{Cli, Command as Sub, ImportSource, Openf1Args};
 use replay_hub::import::openf1::{import, RaceEventKind};
 use replay_hub::race::{DriverStatus, Frame, RaceMeta, RaceReader, TrackStatus};
 use serde_json::json;

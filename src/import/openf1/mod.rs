@@ -11,7 +11,6 @@ pub mod build;
 pub mod client;
 pub mod download_cache;
 pub mod events;
-pub mod fixture;
 pub mod schema;
 pub mod track;
 

@@ -1,8 +1,9 @@
 //! Serves a generated OpenF1 session on 127.0.0.1 for benchmarking `replay-hub import openf1`
-//! (BENCHMARKS.md): `cargo run --release --example openf1_fixture -- [LAPS] [DRIVERS] [PORT]`.
+//! (BENCHMARKS.md): `cargo run --release -p replay-hub-bench --bin openf1_server -- [LAPS]
+//! [DRIVERS] [PORT]`.
 //! Prints the API URL, then serves until killed.
 
-use replay_hub::import::openf1::fixture::{Fixture, FixtureServer, FixtureSpec};
+use openf1_fixture::{Fixture, FixtureServer, FixtureSpec};
 
 fn main() -> std::io::Result<()> {
     let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<u32>().ok());

@@ -1,4 +1,4 @@
-//! `replay-hub loadtest`: opens many real WebSocket viewers against a running hub (and, if asked,
+//! `loadtest` (package replay-hub-bench): opens many real WebSocket viewers against a running hub (and, if asked,
 //! some that never read) and reports what the readers received: frames per second per viewer,
 //! gaps between frames, how far apart viewers got the same frame, bandwidth, and, given the
 //! server's pid, its CPU per delivered frame and its resident memory. Figures in BENCHMARKS.md.
@@ -19,10 +19,41 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::config::LoadtestArgs;
-use crate::encode::{frame_index, window_indices};
-use crate::feed::Mode;
-use crate::window_codec::{self, WindowEncoding};
+use replay_hub::encode::{frame_index, window_indices};
+use replay_hub::feed::Mode;
+use replay_hub::window_codec::{self, WindowEncoding};
+
+mod args;
+
+use args::LoadtestArgs;
+
+/// Runs the load test: the table on stdout (and the JSON report if asked for); a run that could
+/// not do what was asked is one `error:` line on stderr and exit code 1.
+fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    match run_cli(LoadtestArgs::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(args: LoadtestArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+    let json = args.json.clone();
+    let report = runtime.block_on(run(args)).map_err(|e| e.to_string())?;
+    println!("{}", report.table());
+    if let Some(path) = json {
+        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    match report.shortfall() {
+        None => Ok(()),
+        Some(shortfall) => Err(format!("loadtest: {shortfall}")),
+    }
+}
 
 /// Per-viewer counters, written by its reader task and sampled by the reporter.
 #[derive(Default)]
@@ -192,7 +223,7 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
     // One descriptor per viewer and a few to spare: raise the soft limit (and, where allowed,
     // the hard one) rather than fail after thousands of connections.
     let wanted = (args.viewers + args.stalled + 64) as u64;
-    match crate::fd_limit::raise(wanted) {
+    match replay_hub::fd_limit::raise(wanted) {
         Ok(limit) if limit < wanted => eprintln!(
             "warning: only {limit} file descriptors may be open (asked for {wanted}): some viewers will fail to connect"
         ),
@@ -639,7 +670,7 @@ impl Anchor {
             return self.at_ms;
         }
         let slot = ((f64::from(i) - f64::from(self.frame)) / self.speed - 1e-9).ceil();
-        self.at_ms + slot.max(0.0) * 1000.0 / f64::from(crate::race::FPS)
+        self.at_ms + slot.max(0.0) * 1000.0 / f64::from(replay_hub::race::FPS)
     }
 }
 

@@ -4,8 +4,9 @@
 //! `date>=`, `date<`, ...), logs every request, and can inject faults (a 429 with
 //! `Retry-After`, a 500, a request that hangs).
 //!
-//! The tests (tests/import_openf1.rs) and `examples/openf1_fixture.rs` (the benchmark's
-//! server) use it; the importer itself never does.
+//! The importer's tests (tests/it/import_openf1.rs) and the benchmark's server
+//! (`replay-hub-bench`'s `openf1_server`, bench/openf1-server/main.rs) use it; the hub itself
+//! never does, and this crate does not depend on the hub.
 
 use std::collections::HashMap;
 use std::f64::consts::TAU;
@@ -17,7 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use super::schema::{format_date, parse_date};
+mod date;
+
+pub use date::{format_date, parse_date};
 
 /// What to generate.
 #[derive(Debug, Clone)]
