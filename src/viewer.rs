@@ -28,7 +28,7 @@ use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
 use crate::outlet::DeliveryStats;
 use crate::outlet::{Out, Subscription, Wire};
-use crate::session::{Control, Ended, Join, Joined, Leave, Request, Session};
+use crate::session::{Control, Ended, ErrorCode, Join, Joined, Leave, Request, Session};
 use crate::window_codec::WindowEncoding;
 
 /// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
@@ -265,10 +265,10 @@ impl Viewer {
             return;
         };
         if self.limiter.check().is_err() {
-            self.count_command("unknown", "rate_limited");
+            self.count_command("unknown", ErrorCode::RateLimited.as_str());
             let limit = self.limits.commands_per_second;
             let reply = error_message(
-                "rate_limited",
+                ErrorCode::RateLimited.as_str(),
                 &format!("more than {limit} commands per second; slow down"),
             );
             self.queue(ws_text(reply), ctx);
@@ -288,24 +288,26 @@ impl Viewer {
                     self.count_command("auth", "ok");
                     self.queue(ws_text(auth_message(true)), ctx);
                 } else {
-                    self.count_command("auth", "forbidden");
-                    let reply =
-                        error_message("forbidden", "that is not this session's control token");
+                    self.count_command("auth", ErrorCode::Forbidden.as_str());
+                    let reply = error_message(
+                        ErrorCode::Forbidden.as_str(),
+                        "that is not this session's control token",
+                    );
                     self.queue(ws_text(reply), ctx);
                 }
                 return;
             }
             Ok(Request::Control(command)) => command,
             Err(err) => {
-                self.count_command("invalid", err.code);
-                self.queue(ws_text(error_message(err.code, &err.message)), ctx);
+                self.count_command("invalid", err.code.as_str());
+                self.queue(ws_text(error_message(err.code.as_str(), &err.message)), ctx);
                 return;
             }
         };
         if !self.can_control {
-            self.count_command(command.kind(), "forbidden");
+            self.count_command(command.kind(), ErrorCode::Forbidden.as_str());
             let reply = error_message(
-                "forbidden",
+                ErrorCode::Forbidden.as_str(),
                 "this connection has no control token; send {\"cmd\":\"auth\",\"token\":..} or connect with ?token=<control token>",
             );
             self.queue(ws_text(reply), ctx);
@@ -318,8 +320,11 @@ impl Viewer {
             move |result, act, ctx| match result {
                 Ok(Ok(_)) => act.count_command(kind, "ok"),
                 Ok(Err(refused)) => {
-                    act.count_command(kind, refused.code);
-                    act.queue(ws_text(error_message(refused.code, &refused.message)), ctx);
+                    act.count_command(kind, refused.code.as_str());
+                    act.queue(
+                        ws_text(error_message(refused.code.as_str(), &refused.message)),
+                        ctx,
+                    );
                 }
                 Err(_) => {}
             },
@@ -332,7 +337,7 @@ impl Viewer {
             AggregatedMessage::Text(text) => self.command(&text, ctx),
             AggregatedMessage::Binary(_) => {
                 let reply = error_message(
-                    "binary_not_supported",
+                    ErrorCode::BinaryNotSupported.as_str(),
                     "commands are JSON text messages, e.g. {\"cmd\":\"play\"}",
                 );
                 self.queue(ws_text(reply), ctx);

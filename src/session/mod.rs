@@ -24,7 +24,7 @@ use crate::window_codec::{self, WindowEncoding};
 mod command;
 mod timeline;
 
-pub use command::{Command, CommandError, Request};
+pub use command::{ClientMessage, Command, CommandError, ErrorCode, Request};
 pub use timeline::Timeline;
 
 /// The session is gone; the viewer closes its socket with this code and reason.
@@ -490,7 +490,7 @@ impl Session {
     fn join(&mut self, msg: Join) -> Result<Joined, CommandError> {
         if self.viewers.len() >= self.max_viewers {
             return Err(CommandError::new(
-                "session_full",
+                ErrorCode::SessionFull,
                 format!("session has its maximum of {} viewers", self.max_viewers),
             ));
         }
@@ -591,7 +591,7 @@ impl Handler<Control> for Session {
         if let Some(limiter) = &self.command_rate {
             if limiter.check().is_err() {
                 return Err(CommandError::new(
-                    "rate_limited",
+                    ErrorCode::RateLimited,
                     "this session takes no more commands per second from all its controllers; slow down",
                 ));
             }

@@ -534,7 +534,7 @@ proptest! {
             }
             Err(err) => {
                 prop_assert!(matches!(
-                    err.code,
+                    err.code.as_str(),
                     "bad_json" | "bad_command" | "bad_argument" | "out_of_range" | "unknown_command"
                 ));
                 prop_assert!(!err.message.is_empty());
