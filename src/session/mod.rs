@@ -22,9 +22,11 @@ use crate::replication::{Adopt, SessionRecord, SharedTimeline, TimelineChanged};
 use crate::window_codec::{self, WindowEncoding};
 
 mod command;
+mod schedule;
 mod timeline;
 
 pub use command::{ClientMessage, Command, CommandError, ErrorCode, Request};
+pub use schedule::{Due, Schedule};
 pub use timeline::Timeline;
 
 /// The session is gone; the viewer closes its socket with this code and reason.
@@ -114,28 +116,24 @@ struct Subscriber {
     ended: Recipient<Ended>,
 }
 
-/// The look-ahead schedule of the current epoch. Windows are cut on the grid of 40 ms display
-/// slots counted from the timeline's anchor; each goes out one window length before its first
-/// slot, and the first of an epoch covers two lengths, so clients always hold what comes next.
-#[derive(Default)]
-struct Windows {
-    /// The epoch this schedule belongs to; another epoch means it must restart.
-    epoch: u64,
-    /// The first slot not yet sent.
-    next_slot: u64,
-    /// The window sent last: it covers the present once the next one is out.
-    last: Option<Bytes>,
-    /// The race's last frame has been sent.
-    done: bool,
-}
-
 /// One window encoding's broadcast and its own schedule: a session builds windows only in the
 /// encodings somebody asked for, once per window each, and each keeps the schedule it would
 /// have alone (so a first viewer of one encoding gets a fresh window at once).
-#[derive(Default)]
 struct Lookahead {
     broadcast: Broadcast,
-    windows: Windows,
+    schedule: Schedule,
+    /// The window sent last in this schedule: it covers the present once the next one is out.
+    last: Option<Bytes>,
+}
+
+impl Lookahead {
+    fn new(window: Duration) -> Self {
+        Self {
+            broadcast: Broadcast::new(),
+            schedule: Schedule::new(window),
+            last: None,
+        }
+    }
 }
 
 /// Where a session reports its timeline so that it outlives this process: the Redis
@@ -192,6 +190,7 @@ impl Session {
     ) -> Self {
         let now = Instant::now();
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
+        let window = window.max(TICK);
         Self {
             replica: None,
             id: Arc::from(id),
@@ -199,8 +198,8 @@ impl Session {
             state_version: 1,
             push: Broadcast::new(),
             pushed: None,
-            lookahead: Default::default(),
-            window: window.max(TICK),
+            lookahead: [Lookahead::new(window), Lookahead::new(window)],
+            window,
             timeline,
             race,
             viewers: HashMap::new(),
@@ -354,7 +353,7 @@ impl Session {
         // Push the current frame again, with the new state, even if its index did not change.
         self.pushed = None;
         for lookahead in &mut self.lookahead {
-            lookahead.windows = Windows::default();
+            lookahead.schedule.reset();
         }
     }
 
@@ -387,61 +386,16 @@ impl Session {
         self.push.publish(state, ws_binary(bytes), 1, None, now);
     }
 
-    /// Sends the windows due by `now`: in a new epoch, the present and the next window length
-    /// at once (paused: the one frame shown); then one window length each time the display
-    /// reaches the start of the last window sent.
+    /// Publishes the windows of `encoding` that its [`Schedule`] says are due by `now`.
     fn send_windows(&mut self, encoding: WindowEncoding, now: Instant) {
-        let epoch = self.timeline.epoch();
-        let slots = (self.window.as_micros() / TICK.as_micros()).max(1) as u64;
-        let present = self.timeline.slot_at(now);
-        let windows = &mut self.lookahead[encoding.index()].windows;
-        // Restart in a new epoch, or when nobody listened for a while and the schedule fell behind.
-        let behind = self.timeline.playing() && windows.next_slot <= present;
-        if windows.epoch != epoch || behind {
-            *windows = Windows {
-                epoch,
-                next_slot: present,
-                ..Windows::default()
-            };
-            if !self.timeline.playing() {
-                windows.done = true;
-                let frame = self.timeline.frame_at(now);
-                self.send_window(encoding, &[frame], now);
-                return;
-            }
-            self.send_slots(encoding, present, present + 2 * slots, now);
+        let lookahead = &mut self.lookahead[encoding.index()];
+        let due = lookahead.schedule.due(&self.timeline, now);
+        if due.restarted {
+            lookahead.last = None;
         }
-        loop {
-            let windows = &self.lookahead[encoding.index()].windows;
-            let due = !windows.done
-                && self.timeline.playing()
-                && windows.next_slot >= slots
-                && now >= self.timeline.slot_start(windows.next_slot - slots);
-            if !due {
-                break;
-            }
-            let from = windows.next_slot;
-            self.send_slots(encoding, from, from + slots, now);
+        for indices in &due.windows {
+            self.send_window(encoding, indices, now);
         }
-    }
-
-    /// Sends the frames shown in display slots `from..to`, once each.
-    fn send_slots(&mut self, encoding: WindowEncoding, from: u64, to: u64, now: Instant) {
-        let last = self.timeline.last_frame();
-        let windows = &mut self.lookahead[encoding.index()].windows;
-        let mut indices: Vec<u32> = Vec::with_capacity((to - from) as usize);
-        for slot in from..to {
-            let frame = self.timeline.slot_frame(slot);
-            if indices.last() != Some(&frame) {
-                indices.push(frame);
-            }
-            if frame >= last {
-                windows.done = true;
-                break;
-            }
-        }
-        windows.next_slot = to;
-        self.send_window(encoding, &indices, now);
     }
 
     /// Builds a window once in `encoding` and publishes it to that encoding's viewers.
@@ -459,7 +413,7 @@ impl Session {
         };
         let message = ws_binary(payload);
         let lookahead = &mut self.lookahead[encoding.index()];
-        let catch_up = lookahead.windows.last.replace(message.clone());
+        let catch_up = lookahead.last.replace(message.clone());
         lookahead.broadcast.publish(
             (self.state_version, &self.state_frame),
             message,
