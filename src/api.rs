@@ -478,12 +478,10 @@ async fn delete_session(
     id: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let reason = "session deleted".to_owned();
     state
         .hub
         .send(DeleteSession {
             id: id.into_inner(),
-            reason,
         })
         .await??;
     Ok(HttpResponse::NoContent().finish())

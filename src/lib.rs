@@ -285,7 +285,8 @@ impl App {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` completes: viewers are closed with 1001, the listener stops, and
+    /// Serves until `stop` completes: viewers are closed with
+    /// [`crate::session::CloseReason::ShuttingDown`], the listener stops, and
     /// the process is done within the shutdown timeout.
     pub async fn run_until(self, stop: impl Future<Output = ()> + 'static) -> io::Result<()> {
         let handle = self.server.handle();
@@ -383,14 +384,11 @@ async fn resume_sessions(
     resumed
 }
 
-/// The close reason viewers get on shutdown: the session goes on elsewhere, reconnect.
-pub const SHUTDOWN_REASON: &str = "server shutting down: reconnect";
-
 async fn graceful_stop(hub: &Addr<Hub>, handle: &ServerHandle, timeout: Duration) {
     // Stop accepting first, so no viewer joins a session that is being closed.
     let stop = handle.stop(true);
     let ended = hub.send(Shutdown {
-        reason: SHUTDOWN_REASON.into(),
+        reason: crate::session::CloseReason::ShuttingDown,
     });
     if tokio::time::timeout(timeout / 2, ended).await.is_err() {
         tracing::warn!("sessions did not all end in time");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_codec::Encoder;
 use actix_http::ws::Codec;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, Message};
 use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
@@ -28,16 +28,10 @@ use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
 use crate::outlet::DeliveryStats;
 use crate::outlet::{Out, Subscription, Wire};
-use crate::session::{Control, Ended, ErrorCode, Join, Joined, Leave, Request, Session};
+use crate::session::{
+    CloseReason, Control, Ended, ErrorCode, Join, Joined, Leave, Request, Session,
+};
 use crate::window_codec::WindowEncoding;
-
-/// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
-pub mod close_code {
-    /// The client stopped reading: nothing could be written to it for `stall_timeout`.
-    pub const STALLED: u16 = 4001;
-    /// Nothing (not even a pong) arrived from the client for `client_timeout`.
-    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
-}
 
 /// Messages a viewer's socket writer may hold (hello, state, replies, pings) before the client
 /// is considered abusive: it sends but does not read.
@@ -188,11 +182,7 @@ impl Viewer {
     /// closed rather than buffered for.
     fn queue(&mut self, message: Bytes, ctx: &mut Context<Self>) {
         if self.wire.queued() >= MAX_OUTBOX {
-            self.close(
-                CloseCode::Policy.into(),
-                "too many unread replies: read your socket",
-                ctx,
-            );
+            self.close(CloseReason::TooManyReplies, ctx);
             return;
         }
         self.wire.send(Out::Message(message));
@@ -205,11 +195,7 @@ impl Viewer {
             if let Some(joined) = &self.joined {
                 joined.stats.count_stalled_close();
             }
-            self.close(
-                close_code::STALLED,
-                "stalled: the client is not reading",
-                ctx,
-            );
+            self.close(CloseReason::Stalled, ctx);
             return;
         }
         // The session's broadcast is gone but no `Ended` came: the session failed.
@@ -218,11 +204,11 @@ impl Viewer {
             .as_ref()
             .is_some_and(|j| j.feed.has_changed().is_err())
         {
-            self.close(1011, "session failed: reconnect later", ctx);
+            self.close(CloseReason::SessionFailed, ctx);
             return;
         }
         if now.duration_since(self.last_heard) > self.limits.client_timeout {
-            self.close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout", ctx);
+            self.close(CloseReason::HeartbeatTimeout, ctx);
             return;
         }
         // One ping waiting is enough; a busy socket still gets it.
@@ -345,8 +331,8 @@ impl Viewer {
             AggregatedMessage::Ping(payload) => self.queue(ws_message(Message::Pong(payload)), ctx),
             AggregatedMessage::Pong(_) => {}
             AggregatedMessage::Close(reason) => {
-                let code = reason.map_or(1000, |r| u16::from(r.code));
-                self.close(code, "", ctx);
+                let code = reason.map_or(CloseCode::Normal.into(), |r| u16::from(r.code));
+                self.close(CloseReason::Echo(code), ctx);
             }
         }
     }
@@ -358,23 +344,15 @@ impl Viewer {
             .inc();
     }
 
-    /// Closes with `code`: the close frame overtakes whatever is still queued for the socket.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+    /// Closes for `reason`: the close frame overtakes whatever is still queued for the socket.
+    fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
-        self.gone = match code {
-            close_code::STALLED => Disconnect::Stalled,
-            close_code::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
-            1001 | 1011 => Disconnect::SessionEnded,
-            1002 | 1007 => Disconnect::Protocol,
-            1008 => Disconnect::Policy,
-            1009 => Disconnect::TooBig,
-            1013 => Disconnect::SessionFull,
-            _ => Disconnect::Client,
-        };
+        self.gone = reason.disconnect();
         self.closing = true;
-        self.wire.close(close_frame(code, reason));
+        self.wire
+            .close(close_frame(reason.code(), &reason.reason()));
         ctx.stop();
     }
 }
@@ -398,8 +376,8 @@ impl Actor for Viewer {
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
                     Ok(Ok(joined)) => act.on_joined(joined, ctx),
-                    Ok(Err(full)) => act.close(CloseCode::Again.into(), &full.message, ctx),
-                    Err(_) => act.close(CloseCode::Away.into(), "session ended", ctx),
+                    Ok(Err(full)) => act.close(CloseReason::SessionFull(full.message), ctx),
+                    Err(_) => act.close(CloseReason::SessionEnded, ctx),
                 }),
         );
     }
@@ -420,7 +398,7 @@ impl Actor for Viewer {
 impl Handler<Ended> for Viewer {
     type Result = ();
     fn handle(&mut self, msg: Ended, ctx: &mut Context<Self>) {
-        self.close(msg.code, &msg.reason, ctx);
+        self.close(msg.0, ctx);
     }
 }
 
@@ -432,26 +410,20 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Viewe
     ) {
         match item {
             Ok(message) => self.client_message(message, ctx),
-            Err(actix_ws::ProtocolError::Overflow) => {
-                self.close(CloseCode::Size.into(), "message too big", ctx)
-            }
+            Err(actix_ws::ProtocolError::Overflow) => self.close(CloseReason::TooBig, ctx),
             Err(actix_ws::ProtocolError::Io(err)) => {
                 if let Some(violation) = self.verdict.take() {
-                    self.close(violation.close_code(), &violation.reason(), ctx);
+                    self.close(CloseReason::Guard(violation), ctx);
                 } else if err.kind() != std::io::ErrorKind::InvalidData {
                     // The connection itself failed: the client is gone, there is no one to tell.
                     ctx.stop();
                 } else if is_utf8_error(&err) {
-                    self.close(
-                        CloseCode::Invalid.into(),
-                        "text message is not valid UTF-8",
-                        ctx,
-                    );
+                    self.close(CloseReason::InvalidUtf8, ctx);
                 } else {
-                    self.close(CloseCode::Protocol.into(), &err.to_string(), ctx);
+                    self.close(CloseReason::Protocol(err.to_string()), ctx);
                 }
             }
-            Err(err) => self.close(CloseCode::Protocol.into(), &err.to_string(), ctx),
+            Err(err) => self.close(CloseReason::Protocol(err.to_string()), ctx),
         }
     }
 }
@@ -469,7 +441,7 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    let reason = CloseReason {
+    let reason = actix_ws::CloseReason {
         code: CloseCode::from(code),
         description: (end > 0).then(|| reason[..end].to_owned()),
     };
@@ -487,7 +459,7 @@ mod tests {
 
     #[test]
     fn close_frame_is_an_unmasked_close_with_code_and_reason() {
-        let frame = close_frame(close_code::STALLED, "stalled");
+        let frame = close_frame(CloseReason::Stalled.code(), "stalled");
         assert_eq!(frame[0], 0x88, "FIN + close opcode");
         assert_eq!(
             frame[1] as usize,
@@ -501,7 +473,7 @@ mod tests {
     #[test]
     fn long_reasons_are_cut_to_fit_a_control_frame() {
         for reason in ["x".repeat(500), "é".repeat(300), "🏁".repeat(100)] {
-            let frame = close_frame(1001, &reason);
+            let frame = close_frame(CloseReason::ShuttingDown.code(), &reason);
             assert_eq!(frame[1] as usize, frame.len() - 2, "short form length");
             assert!(frame.len() <= 2 + 125, "{} bytes", frame.len());
             assert!(

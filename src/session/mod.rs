@@ -21,21 +21,20 @@ use crate::outlet::{DeliveryStats, DeliveryTotals};
 use crate::replication::{Adopt, SessionRecord, SharedTimeline, TimelineChanged};
 use crate::window_codec::{self, WindowEncoding};
 
+mod close;
 mod command;
 mod schedule;
 mod timeline;
 
+pub use close::CloseReason;
 pub use command::{ClientMessage, Command, CommandError, ErrorCode, Request};
 pub use schedule::{Due, Schedule};
 pub use timeline::Timeline;
 
-/// The session is gone; the viewer closes its socket with this code and reason.
+/// The session is gone; the viewer closes its socket for this reason.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Ended {
-    pub code: u16,
-    pub reason: String,
-}
+pub struct Ended(pub CloseReason);
 
 /// A viewer joins: it reads the broadcast of its delivery mode from now on.
 #[derive(Message)]
@@ -102,13 +101,10 @@ impl Handler<PlayedRace> for Session {
     }
 }
 
-/// Close every viewer with `code`/`reason` and stop.
+/// Close every viewer for `reason` and stop.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct End {
-    pub code: u16,
-    pub reason: String,
-}
+pub struct End(pub CloseReason);
 
 /// A joined viewer. Frames do not go through viewer mailboxes (see [`crate::feed`]): the
 /// session keeps viewers to count them and to tell them when it ends.
@@ -299,15 +295,16 @@ impl Session {
         }
     }
 
-    /// Ends the session after an internal failure: its viewers are closed with 1011 (they may
-    /// reconnect once it is created again) and the hub releases its id.
+    /// Ends the session after an internal failure: its viewers are closed with
+    /// [`CloseReason::SessionFailed`] (they may reconnect once it is created again) and the hub
+    /// releases its id.
     fn fail(&mut self, ctx: &mut Context<Self>) {
         if let Some(hub) = &self.on_failure {
             hub.do_send(SessionFailed {
                 id: self.id.to_string(),
             });
         }
-        self.end(1011, "session failed: reconnect later", ctx);
+        self.end(CloseReason::SessionFailed, ctx);
     }
 
     fn tick_once(&mut self, ctx: &mut Context<Self>) {
@@ -586,19 +583,16 @@ impl Handler<GetInfo> for Session {
 impl Handler<End> for Session {
     type Result = ();
     fn handle(&mut self, msg: End, ctx: &mut Context<Self>) {
-        self.end(msg.code, &msg.reason, ctx);
+        self.end(msg.0, ctx);
     }
 }
 
 impl Session {
-    /// Closes every viewer with `code`/`reason` and stops.
-    fn end(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+    /// Closes every viewer for `reason` and stops.
+    fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         for viewer in self.viewers.values() {
             // One message per viewer, once: the bounded-mailbox rule is for frames.
-            viewer.ended.do_send(Ended {
-                code,
-                reason: reason.to_owned(),
-            });
+            viewer.ended.do_send(Ended(reason.clone()));
         }
         self.viewers.clear();
         // The label goes with the session, so ended sessions do not linger in the metrics.
@@ -639,7 +633,7 @@ mod tests {
     /// Records what a session tells it.
     #[derive(Default)]
     struct Listener {
-        ended: std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>,
+        ended: std::sync::Arc<std::sync::Mutex<Vec<CloseReason>>>,
         failed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     }
 
@@ -650,7 +644,7 @@ mod tests {
     impl Handler<Ended> for Listener {
         type Result = ();
         fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
-            self.ended.lock().unwrap().push((msg.code, msg.reason));
+            self.ended.lock().unwrap().push(msg.0);
         }
     }
 
@@ -707,6 +701,6 @@ mod tests {
         assert_eq!(failed.lock().unwrap().as_slice(), ["doomed"]);
         let ended = ended.lock().unwrap();
         assert_eq!(ended.len(), 1, "{ended:?}");
-        assert_eq!(ended[0].0, 1011);
+        assert_eq!(ended[0], CloseReason::SessionFailed);
     }
 }
