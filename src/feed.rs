@@ -229,6 +229,12 @@ impl LocalFeed {
         relay
     }
 
+    /// The newest value's `seq` and its frames of content, as this thread has it.
+    pub fn latest(&self) -> (u64, u32) {
+        let current = self.current.borrow();
+        (current.feed.seq, current.feed.frames)
+    }
+
     fn publish(&self, value: LocalValue) {
         *self.current.borrow_mut() = value;
         self.wake_all();

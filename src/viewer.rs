@@ -26,8 +26,7 @@ use crate::encode::{
 use crate::feed::{Feed, Mode};
 use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
-use crate::outlet::DeliveryStats;
-use crate::outlet::{Out, Subscription, Wire};
+use crate::outlet::{Out, Wire};
 use crate::session::{
     CloseReason, Control, Ended, ErrorCode, Join, Joined, Leave, Request, Session,
 };
@@ -87,10 +86,6 @@ pub struct Viewer {
     queued: u64,
     /// `queued` just after the last ping: once the writer's count reaches it, the ping is out.
     ping_at: u64,
-    /// The writer's count of written chunks at the last heartbeat…
-    seen_written: u64,
-    /// …and since when it has not moved although something waits to be written.
-    stuck_since: Option<Instant>,
     last_heard: Instant,
     limiter: DefaultDirectRateLimiter,
     /// What the connection's [`crate::frame_guard::FrameGuard`] refused, if it stopped the stream.
@@ -100,8 +95,7 @@ pub struct Viewer {
 struct JoinedState {
     viewer: u64,
     race: Arc<EncodedRace>,
-    stats: Arc<DeliveryStats>,
-    /// The session's broadcast, to see what the writer has not taken yet.
+    /// The session's broadcast, to notice a session that failed without an `Ended`.
     feed: watch::Receiver<Arc<Feed>>,
 }
 
@@ -137,8 +131,6 @@ impl Viewer {
             joined: None,
             queued: 0,
             ping_at: 0,
-            seen_written: 0,
-            stuck_since: None,
             last_heard: Instant::now(),
             limiter,
             verdict,
@@ -163,19 +155,10 @@ impl Viewer {
         self.joined = Some(JoinedState {
             viewer: joined.viewer,
             race: joined.race,
-            stats: joined.stats.clone(),
-            feed: joined.feed.rx.clone(),
+            feed: joined.subscription.feed.rx.clone(),
         });
-        // What is published from now on is this viewer's to get (or to count as dropped).
-        let seq = joined.feed.rx.borrow().seq;
-        self.wire.progress.accounted.set(seq.saturating_sub(1));
         self.queue(ws_text(hello), ctx);
-        let subscribe = Out::Subscribe(Subscription {
-            feed: joined.feed,
-            stats: joined.stats,
-            state_version: joined.state_version,
-        });
-        self.wire.send(subscribe);
+        self.wire.send(Out::Subscribe(joined.subscription));
     }
 
     /// Queues a framed message for the writer; a client that lets [`MAX_OUTBOX`] pile up is
@@ -191,10 +174,8 @@ impl Viewer {
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        if self.stalled(now) {
-            if let Some(joined) = &self.joined {
-                joined.stats.count_stalled_close();
-            }
+        let stall_timeout = self.limits.stall_timeout;
+        if self.wire.stuck_for(now).is_some_and(|d| d >= stall_timeout) {
             self.close(CloseReason::Stalled, ctx);
             return;
         }
@@ -216,34 +197,6 @@ impl Viewer {
             self.queue(ws_message(Message::Ping(Bytes::new())), ctx);
             self.ping_at = self.queued;
         }
-    }
-
-    /// True once the writer has written nothing for `stall_timeout` while something waited for
-    /// it. Until then, frames it skips meanwhile are counted as dropped for a stalled client.
-    fn stalled(&mut self, now: Instant) -> bool {
-        let progress = &self.wire.progress;
-        let written = progress.written.get();
-        let latest = self.joined.as_ref().map(|j| j.feed.borrow().seq);
-        let waiting = self.queued > progress.replies.get()
-            || latest.is_some_and(|seq| seq > progress.accounted.get());
-        if !waiting || written != self.seen_written {
-            self.seen_written = written;
-            self.stuck_since = None;
-            return false;
-        }
-        let since = *self.stuck_since.get_or_insert(now);
-        if let (Some(joined), Some(latest)) = (&self.joined, latest) {
-            // The newest value may still go out; everything before it will not.
-            let accounted = progress.accounted.get();
-            if latest > accounted + 1 {
-                let frames = u64::from(joined.feed.borrow().frames);
-                joined
-                    .stats
-                    .count_dropped((latest - 1 - accounted) * frames, true);
-                progress.accounted.set(latest - 1);
-            }
-        }
-        now.duration_since(since) >= self.limits.stall_timeout
     }
 
     fn command(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -351,8 +304,12 @@ impl Viewer {
         }
         self.gone = reason.disconnect();
         self.closing = true;
-        self.wire
-            .close(close_frame(reason.code(), &reason.reason()));
+        let frame = close_frame(reason.code(), &reason.reason());
+        if reason == CloseReason::Stalled {
+            self.wire.close_stalled(frame);
+        } else {
+            self.wire.close(frame);
+        }
         ctx.stop();
     }
 }

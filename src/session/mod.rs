@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use crate::clock::{SPEED_RANGE, TICK};
 use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState};
-use crate::feed::{Broadcast, FeedHandle, Mode};
+use crate::feed::{Broadcast, Mode};
 use crate::ids::{RaceId, TokenHash};
 use crate::metrics::Metrics;
-use crate::outlet::{DeliveryStats, DeliveryTotals};
+use crate::outlet::{DeliveryStats, DeliveryTotals, Subscription};
 use crate::replication::{Adopt, SessionRecord, SharedTimeline, TimelineChanged};
 use crate::window_codec::{self, WindowEncoding};
 
@@ -46,16 +46,14 @@ pub struct Join {
     pub encoding: WindowEncoding,
 }
 
-/// What a viewer needs to greet its client, follow the broadcast and report its deliveries.
+/// What a viewer needs to greet its client and have its socket writer follow the broadcast.
 pub struct Joined {
     pub viewer: u64,
     pub session: Arc<str>,
     pub race: Arc<EncodedRace>,
     pub state: PlayState,
-    pub stats: Arc<DeliveryStats>,
-    pub feed: FeedHandle,
-    /// The version of `state`, so the writer does not repeat it.
-    pub state_version: u64,
+    /// For the viewer's socket writer, which writes and counts the deliveries.
+    pub subscription: Subscription,
     /// The look-ahead window length, for look-ahead viewers.
     pub window: Option<Duration>,
 }
@@ -464,9 +462,12 @@ impl Session {
             session: self.id.clone(),
             race: self.race.clone(),
             state: self.timeline.state(now),
-            stats: self.stats.clone(),
-            feed,
-            state_version: self.state_version,
+            subscription: Subscription {
+                feed,
+                stats: self.stats.clone(),
+                // The state the hello carries: the writer does not repeat it.
+                state_version: self.state_version,
+            },
             window,
         })
     }
