@@ -25,7 +25,6 @@ use crate::ids::{
     hex, is_valid_id as valid_id, random_token, InvalidId, RaceId, SessionId, TokenHash,
 };
 use crate::metrics::Metrics;
-use crate::outlet::DeliveryTotals;
 use crate::race::{RaceMeta, RaceReader};
 use crate::replication::{Adopt, ReplicaEvent, Replication, SessionRecord, TimelineChanged};
 use crate::session::{
@@ -33,6 +32,7 @@ use crate::session::{
     Timeline,
 };
 use crate::session_store::{Forget, LocalStore};
+use crate::writer::DeliveryTotals;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {

@@ -20,7 +20,6 @@ pub mod ids;
 pub mod import;
 pub mod loadtest;
 pub mod metrics;
-pub mod outlet;
 pub mod pages;
 pub mod race;
 pub mod replication;
@@ -28,6 +27,7 @@ pub mod session;
 pub mod session_store;
 pub mod viewer;
 pub mod window_codec;
+pub mod writer;
 
 use std::fs::{self, File};
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! The viewer actor: one per WebSocket connection, between a session actor and the socket.
 //!
-//! It joins the session, hands its socket writer ([`crate::outlet::Outlet`]) the session's
+//! It joins the session, hands its socket writer ([`crate::writer::Writer`]) the session's
 //! broadcast to follow, parses the client's commands, answers pings and time requests, and closes
 //! the socket with a documented code when something is wrong. Frames never pass through it: see
 //! [`crate::feed`].
@@ -26,11 +26,11 @@ use crate::encode::{
 use crate::feed::{Feed, Mode};
 use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
-use crate::outlet::{Out, Wire};
 use crate::session::{
-    CloseReason, Control, Ended, ErrorCode, Join, Joined, Leave, Request, Session,
+    CloseReason, ControlCommand, Ended, ErrorCode, Join, Joined, Leave, Request, Session,
 };
 use crate::window_codec::WindowEncoding;
+use crate::writer::{Out, Wire};
 
 /// Messages a viewer's socket writer may hold (hello, state, replies, pings) before the client
 /// is considered abusive: it sends but does not read.
@@ -255,19 +255,22 @@ impl Viewer {
         // The new state reaches every viewer, this one included, through the session's broadcast.
         // If the session is ending, its `Ended` message closes this viewer with the reason.
         let kind = command.kind();
-        ctx.spawn(self.session.send(Control(command)).into_actor(self).map(
-            move |result, act, ctx| match result {
-                Ok(Ok(_)) => act.count_command(kind, "ok"),
-                Ok(Err(refused)) => {
-                    act.count_command(kind, refused.code.as_str());
-                    act.queue(
-                        ws_text(error_message(refused.code.as_str(), &refused.message)),
-                        ctx,
-                    );
-                }
-                Err(_) => {}
-            },
-        ));
+        ctx.spawn(
+            self.session
+                .send(ControlCommand(command))
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Ok(_)) => act.count_command(kind, "ok"),
+                    Ok(Err(refused)) => {
+                        act.count_command(kind, refused.code.as_str());
+                        act.queue(
+                            ws_text(error_message(refused.code.as_str(), &refused.message)),
+                            ctx,
+                        );
+                    }
+                    Err(_) => {}
+                }),
+        );
     }
 
     fn client_message(&mut self, message: AggregatedMessage, ctx: &mut Context<Self>) {

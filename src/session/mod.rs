@@ -17,9 +17,9 @@ use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRa
 use crate::feed::{Broadcast, Mode};
 use crate::ids::{RaceId, TokenHash};
 use crate::metrics::Metrics;
-use crate::outlet::{DeliveryStats, DeliveryTotals, Subscription};
 use crate::replication::{Adopt, SessionRecord, SharedTimeline, TimelineChanged};
 use crate::window_codec::{self, WindowEncoding};
+use crate::writer::{DeliveryStats, DeliveryTotals, Subscription};
 
 mod close;
 mod command;
@@ -68,7 +68,7 @@ pub struct Leave {
 /// the session's own command rate is exceeded.
 #[derive(Message)]
 #[rtype(result = "Result<PlayState, CommandError>")]
-pub struct Control(pub Command);
+pub struct ControlCommand(pub Command);
 
 /// Ask for the session's public description.
 #[derive(Message)]
@@ -537,9 +537,9 @@ impl Handler<Leave> for Session {
     }
 }
 
-impl Handler<Control> for Session {
+impl Handler<ControlCommand> for Session {
     type Result = Result<PlayState, CommandError>;
-    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ControlCommand, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(limiter) = &self.command_rate {
             if limiter.check().is_err() {
                 return Err(CommandError::new(

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use prometheus::local::LocalHistogram;
 use serde::Serialize;
 
-use crate::feed::{FeedHandle, LocalFeed, LocalValue};
+use crate::feed::{FeedHandle, LocalValue, Relay};
 use crate::metrics::Metrics;
 
 /// A writer that has written nothing for this long counts its drops as "stalled", not "slow".
@@ -56,7 +56,7 @@ pub struct Wire {
 
 /// The broadcast a subscribed writer follows and where it counts.
 struct Subscribed {
-    relay: Rc<LocalFeed>,
+    relay: Rc<Relay>,
     stats: Arc<DeliveryStats>,
 }
 
@@ -165,10 +165,10 @@ pub struct Progress {
     accounted: Cell<u64>,
 }
 
-pub struct Outlet {
+pub struct Writer {
     wire: Rc<Wire>,
-    feed: Option<Rc<LocalFeed>>,
-    /// The broadcast seq this writer is listed as waiting past (see [`LocalFeed::poll_newer`]).
+    feed: Option<Rc<Relay>>,
+    /// The broadcast seq this writer is listed as waiting past (see [`Relay::poll_newer`]).
     waiting: Option<u64>,
     tally: Option<Tally>,
     /// The state version last written: a value with a newer one brings its state first.
@@ -216,7 +216,7 @@ impl Tally {
     }
 }
 
-impl Outlet {
+impl Writer {
     /// A writer for a freshly upgraded connection; `socket` is actix-ws's body it replaces.
     pub fn new(wire: Rc<Wire>, socket: BoxBody) -> Self {
         Self {
@@ -251,7 +251,7 @@ impl Outlet {
             dropped_stalled: 0,
             flushed: Instant::now(),
         });
-        let relay = LocalFeed::on_this_thread(&sub.feed);
+        let relay = Relay::on_this_thread(&sub.feed);
         *self.wire.subscribed.borrow_mut() = Some(Subscribed {
             relay: relay.clone(),
             stats: stats.clone(),
@@ -318,7 +318,7 @@ impl Outlet {
     }
 }
 
-impl Drop for Outlet {
+impl Drop for Writer {
     fn drop(&mut self) {
         if let Some(tally) = &mut self.tally {
             tally.flush();
@@ -326,7 +326,7 @@ impl Drop for Outlet {
     }
 }
 
-impl MessageBody for Outlet {
+impl MessageBody for Writer {
     type Error = Box<dyn std::error::Error>;
 
     fn size(&self) -> BodySize {
@@ -491,7 +491,7 @@ mod tests {
     }
 
     /// Everything the writer has to send now, as the HTTP dispatcher would take it.
-    fn drain(writer: &mut Pin<Box<Outlet>>) -> usize {
+    fn drain(writer: &mut Pin<Box<Writer>>) -> usize {
         let mut cx = Context::from_waker(Waker::noop());
         let mut chunks = 0;
         while let Poll::Ready(Some(Ok(_))) = writer.as_mut().poll_next(&mut cx) {
@@ -516,7 +516,7 @@ mod tests {
                 stats: stats.clone(),
                 state_version: 1,
             }));
-            let mut writer = Box::pin(Outlet::new(wire.clone(), BoxBody::new(())));
+            let mut writer = Box::pin(Writer::new(wire.clone(), BoxBody::new(())));
             assert_eq!(drain(&mut writer), 1, "the current frame");
             let t0 = Instant::now();
             assert_eq!(wire.stuck_for(t0), None, "nothing waits");
