@@ -16,9 +16,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use replay_hub::encode::{encode_frame, window_message, ws_binary, EncodedRace};
 use replay_hub::feed::Broadcast;
 use replay_hub::metrics::Metrics;
-use replay_hub::outlet::DeliveryStats;
-use replay_hub::outlet::{Out, Outlet, Subscription, Wire};
 use replay_hub::race::{generate, Frame, GenParams};
+use replay_hub::writer::DeliveryStats;
+use replay_hub::writer::{Out, Subscription, Wire, Writer};
 
 fn race() -> (replay_hub::race::RaceMeta, Vec<Frame>) {
     let params = GenParams {
@@ -50,26 +50,26 @@ fn encoded_race() -> Arc<EncodedRace> {
 }
 
 /// One viewer's socket writer, subscribed to `broadcast`.
-struct Writer {
-    outlet: Pin<Box<Outlet>>,
+struct Socket {
+    body: Pin<Box<Writer>>,
 }
 
-fn writer(broadcast: &Broadcast, stats: &Arc<DeliveryStats>) -> Writer {
+fn writer(broadcast: &Broadcast, stats: &Arc<DeliveryStats>) -> Socket {
     let wire = Rc::new(Wire::default());
     wire.send(Out::Subscribe(Subscription {
         feed: broadcast.subscribe(),
         stats: stats.clone(),
         state_version: 1,
     }));
-    Writer {
-        outlet: Box::pin(Outlet::new(wire, BoxBody::new(()))),
+    Socket {
+        body: Box::pin(Writer::new(wire, BoxBody::new(()))),
     }
 }
 
 /// Everything a writer has to send now, as the HTTP dispatcher would take it.
-fn drain(writer: &mut Writer, cx: &mut Context<'_>) -> usize {
+fn drain(writer: &mut Socket, cx: &mut Context<'_>) -> usize {
     let mut bytes = 0;
-    while let Poll::Ready(Some(Ok(chunk))) = writer.outlet.as_mut().poll_next(cx) {
+    while let Poll::Ready(Some(Ok(chunk))) = writer.body.as_mut().poll_next(cx) {
         bytes += chunk.len();
     }
     bytes
@@ -88,9 +88,9 @@ fn fan_out(c: &mut Criterion) {
     for viewers in [1usize, 100, 1000, 5000] {
         let stats = Arc::new(DeliveryStats::new(Metrics::new()));
         let mut broadcast = Broadcast::new();
-        let mut writers: Vec<Writer> = local.block_on(&runtime, async {
+        let mut writers: Vec<Socket> = local.block_on(&runtime, async {
             let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-            let mut writers: Vec<Writer> =
+            let mut writers: Vec<Socket> =
                 (0..viewers).map(|_| writer(&broadcast, &stats)).collect();
             for w in &mut writers {
                 drain(w, &mut cx);

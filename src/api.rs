@@ -26,10 +26,10 @@ use crate::hub::{
 };
 use crate::ids::{random_token, same_secret, RaceId};
 use crate::metrics::Metrics;
-use crate::outlet::{Outlet, Wire};
 use crate::replication::Replication;
 use crate::viewer::{Access, Connection, Viewer, ViewerLimits};
 use crate::window_codec::WindowEncoding;
+use crate::writer::{Wire, Writer};
 
 /// What every handler shares: the hub's address and the limits from the config.
 #[derive(Clone)]
@@ -478,12 +478,10 @@ async fn delete_session(
     id: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let reason = "session deleted".to_owned();
     state
         .hub
         .send(DeleteSession {
             id: id.into_inner(),
-            reason,
         })
         .await??;
     Ok(HttpResponse::NoContent().finish())
@@ -589,7 +587,7 @@ async fn websocket(
         },
     );
     Ok(response
-        .map_body(|_, body| Outlet::new(wire, body))
+        .map_body(|_, body| Writer::new(wire, body))
         .map_into_boxed_body())
 }
 

@@ -1,8 +1,8 @@
 //! What a session broadcasts: per delivery mode, the latest message, framed once for the wire.
 //!
 //! The session actor replaces the value of a `tokio::sync::watch` channel on every new frame
-//! (push mode) or window (look-ahead mode). On each worker thread one relay ([`LocalFeed`])
-//! follows it and wakes that thread's socket writers ([`crate::outlet`]) without locks or shared
+//! (push mode) or window (look-ahead mode). On each worker thread one relay ([`Relay`])
+//! follows it and wakes that thread's socket writers ([`crate::writer`]) without locks or shared
 //! atomics; a writer takes the newest value when its socket has room, so a slow viewer skips to
 //! the latest and never queues.
 
@@ -152,7 +152,7 @@ pub struct LocalValue {
 /// One worker thread's relay of a broadcast. A task on the thread follows the watch channel,
 /// copies each new message once, and wakes the writers of that thread that wait for it: the
 /// session wakes one task per thread, and each writer is woken by its own thread.
-pub struct LocalFeed {
+pub struct Relay {
     id: u64,
     current: RefCell<LocalValue>,
     waiters: RefCell<Vec<Waker>>,
@@ -163,7 +163,7 @@ pub struct LocalFeed {
     task: Cell<Option<tokio::task::AbortHandle>>,
 }
 
-impl Drop for LocalFeed {
+impl Drop for Relay {
     /// The last writer of this thread is gone: stop following the session now, not at its next
     /// message (a paused session may send none for hours).
     fn drop(&mut self) {
@@ -180,10 +180,10 @@ impl Drop for LocalFeed {
 }
 
 thread_local! {
-    static RELAYS: RefCell<HashMap<u64, Weak<LocalFeed>>> = RefCell::new(HashMap::new());
+    static RELAYS: RefCell<HashMap<u64, Weak<Relay>>> = RefCell::new(HashMap::new());
 }
 
-impl LocalFeed {
+impl Relay {
     /// This thread's relay of `handle`'s broadcast, started on first use. Must be called
     /// inside the thread's local task set (an actix or actix-web worker).
     pub fn on_this_thread(handle: &FeedHandle) -> Rc<Self> {
@@ -227,6 +227,12 @@ impl LocalFeed {
         });
         relay.task.set(Some(task.abort_handle()));
         relay
+    }
+
+    /// The newest value's `seq` and its frames of content, as this thread has it.
+    pub fn latest(&self) -> (u64, u32) {
+        let current = self.current.borrow();
+        (current.feed.seq, current.feed.frames)
     }
 
     fn publish(&self, value: LocalValue) {

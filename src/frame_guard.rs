@@ -6,7 +6,7 @@
 //! stream as soon as a header declares a frame (or a fragmented message) over the limit, or sets
 //! reserved bits, before any of that payload is buffered. The WebSocket route in `api` wraps the
 //! request payload in it; the viewer actor reads the [`Violation`] it left to close the
-//! connection with the matching code (1009 or 1002).
+//! connection with the matching code ([`crate::session::CloseReason::Guard`]).
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -29,14 +29,6 @@ pub enum Violation {
 }
 
 impl Violation {
-    /// The close code for the client.
-    pub fn close_code(self) -> u16 {
-        match self {
-            Self::TooBig { .. } => 1009,
-            Self::ReservedBits | Self::BadLength => 1002,
-        }
-    }
-
     /// The close reason for the client.
     pub fn reason(self) -> String {
         match self {
@@ -298,15 +290,6 @@ mod tests {
         assert_eq!(
             HeaderScanner::new(usize::MAX).scan(&header(0x82, 1 << 63)),
             Err(Violation::BadLength)
-        );
-        assert_eq!(Violation::ReservedBits.close_code(), 1002);
-        assert_eq!(
-            Violation::TooBig {
-                declared: 1,
-                limit: 0
-            }
-            .close_code(),
-            1009
         );
     }
 }

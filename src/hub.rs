@@ -23,13 +23,14 @@ use crate::ids::{
 };
 use crate::loader::{file_content_id, load_race_file, LoadError, Loader};
 use crate::metrics::Metrics;
-use crate::outlet::DeliveryTotals;
 use crate::race::RaceMeta;
 use crate::replication::{Adopt, ReplicaEvent, Replication, SessionRecord, TimelineChanged};
 use crate::session::{
-    End, GetInfo, PlayedRace, Replica, Resync, Session, SessionFailed, SessionInfo, Timeline,
+    CloseReason, End, GetInfo, PlayedRace, Replica, Resync, Session, SessionFailed, SessionInfo,
+    Timeline,
 };
 use crate::session_store::{Forget, LocalStore};
+use crate::writer::DeliveryTotals;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
@@ -874,18 +875,17 @@ fn remote_info(id: String, record: &SessionRecord, total_frames: Option<u32>) ->
     }
 }
 
-/// Deletes a session: its viewers are closed with 1001 and `reason`.
+/// Deletes a session: its viewers are closed with [`CloseReason::SessionDeleted`].
 #[derive(Message)]
 #[rtype(result = "Result<(), HubError>")]
 pub struct DeleteSession {
     pub id: String,
-    pub reason: String,
 }
 
 impl Handler<DeleteSession> for Hub {
     type Result = ResponseActFuture<Self, Result<(), HubError>>;
     fn handle(&mut self, msg: DeleteSession, _: &mut Context<Self>) -> Self::Result {
-        let local = self.end_session(&msg.id, &msg.reason);
+        let local = self.end_session(&msg.id, CloseReason::SessionDeleted);
         let broker = self.broker.clone();
         let id = msg.id.clone();
         // Every other replica ends its copy when the deletion is announced.
@@ -910,18 +910,15 @@ impl Handler<DeleteSession> for Hub {
 }
 
 impl Hub {
-    /// Ends the local session `id`, if any: its viewers get 1001 and `reason`.
-    fn end_session(&mut self, id: &str, reason: &str) -> bool {
+    /// Ends the local session `id`, if any: its viewers are closed for `reason`.
+    fn end_session(&mut self, id: &str, reason: CloseReason) -> bool {
         let Some(entry) = self.sessions.remove(id) else {
             return false;
         };
         tracing::info!(session = %id, race = %entry.race, "session ended");
         self.metrics.sessions.set(self.sessions.len() as i64);
         let _ = self.metrics.session_viewers.remove_label_values(&[id]);
-        let end = End {
-            code: 1001,
-            reason: reason.to_owned(),
-        };
+        let end = End(reason);
         let Some(store) = self.store.clone() else {
             entry.addr.do_send(end);
             return true;
@@ -954,17 +951,17 @@ impl Handler<ReplicaEvent> for Hub {
                 }
             }
             ReplicaEvent::Deleted { id } => {
-                self.end_session(&id, "session deleted");
+                self.end_session(&id, CloseReason::SessionDeleted);
             }
         }
     }
 }
 
-/// Ends every session (viewers get 1001 and `reason`); answers once every session has stopped.
+/// Ends every session (viewers are closed for `reason`); answers once every session has stopped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown {
-    pub reason: String,
+    pub reason: CloseReason,
 }
 
 impl Handler<Shutdown> for Hub {
@@ -972,12 +969,7 @@ impl Handler<Shutdown> for Hub {
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         let ends: Vec<_> = std::mem::take(&mut self.sessions)
             .into_values()
-            .map(|s| {
-                s.addr.send(End {
-                    code: 1001,
-                    reason: msg.reason.clone(),
-                })
-            })
+            .map(|s| s.addr.send(End(msg.reason.clone())))
             .collect();
         self.loading.clear();
         self.metrics.sessions.set(0);

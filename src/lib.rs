@@ -22,7 +22,6 @@ pub mod ids;
 pub mod import;
 pub mod loader;
 pub mod metrics;
-pub mod outlet;
 pub(crate) mod pages;
 pub mod race;
 pub(crate) mod replication;
@@ -32,6 +31,7 @@ pub mod shutdown;
 pub(crate) mod startup;
 pub(crate) mod viewer;
 pub mod window_codec;
+pub mod writer;
 
 pub use crate::datadir::scan_races;
 pub use crate::startup::{App, StartError};

@@ -1,13 +1,9 @@
-//! Shutting down, the mechanism: the signal (SIGTERM or ctrl-c), the close reason viewers get,
-//! and [`Tasks`], the background tasks that a shutdown stops and waits for. A leaf module:
+//! Shutting down, the mechanism: the signal (SIGTERM or ctrl-c) and [`Tasks`], the background tasks that a shutdown stops and waits for. A leaf module:
 //! [`crate::startup::App::run_until`] drives the graceful stop (listener first, then every
 //! session closes its viewers with 1001 and a reason that tells them to reconnect, then the
 //! background tasks), within the shutdown timeout.
 
 use std::time::Duration;
-
-/// The close reason viewers get on shutdown: the session goes on elsewhere, reconnect.
-pub const SHUTDOWN_REASON: &str = "server shutting down: reconnect";
 
 /// Completes at SIGTERM or ctrl-c.
 pub(crate) async fn shutdown_signal() {

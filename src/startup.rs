@@ -22,7 +22,8 @@ use crate::hub::{CreateSession, Created, Hub, RaceEntry, Shutdown};
 use crate::metrics::Metrics;
 use crate::race::GenParams;
 use crate::replication::{Publisher, Replication};
-use crate::shutdown::{shutdown_signal, Tasks, SHUTDOWN_REASON};
+use crate::session::CloseReason;
+use crate::shutdown::{shutdown_signal, Tasks};
 use crate::viewer::ViewerLimits;
 use crate::{admission, api, datadir, hub, ids, race, session_store};
 
@@ -307,7 +308,7 @@ async fn graceful_stop(hub: &Addr<Hub>, handle: &ServerHandle, timeout: Duration
     // Stop accepting first, so no viewer joins a session that is being closed.
     let stop = handle.stop(true);
     let ended = hub.send(Shutdown {
-        reason: SHUTDOWN_REASON.into(),
+        reason: CloseReason::ShuttingDown,
     });
     if tokio::time::timeout(timeout / 2, ended).await.is_err() {
         tracing::warn!("sessions did not all end in time");

@@ -1,6 +1,6 @@
 //! The viewer actor: one per WebSocket connection, between a session actor and the socket.
 //!
-//! It joins the session, hands its socket writer ([`crate::outlet::Outlet`]) the session's
+//! It joins the session, hands its socket writer ([`crate::writer::Writer`]) the session's
 //! broadcast to follow, parses the client's commands, answers pings and time requests, and closes
 //! the socket with a documented code when something is wrong. Frames never pass through it: see
 //! [`crate::feed`].
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_codec::Encoder;
 use actix_http::ws::Codec;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, Message};
 use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
@@ -26,18 +26,11 @@ use crate::encode::{
 use crate::feed::{Feed, Mode};
 use crate::frame_guard::Verdict;
 use crate::metrics::{Disconnect, Metrics};
-use crate::outlet::DeliveryStats;
-use crate::outlet::{Out, Subscription, Wire};
-use crate::session::{Control, Ended, Join, Joined, Leave, Request, Session};
+use crate::session::{
+    CloseReason, ControlCommand, Ended, ErrorCode, Join, Joined, Leave, Request, Session,
+};
 use crate::window_codec::WindowEncoding;
-
-/// Close codes the hub uses besides the standard ones (1000, 1001, 1002, 1008, 1009, 1013).
-pub mod close_code {
-    /// The client stopped reading: nothing could be written to it for `stall_timeout`.
-    pub const STALLED: u16 = 4001;
-    /// Nothing (not even a pong) arrived from the client for `client_timeout`.
-    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
-}
+use crate::writer::{Out, Wire};
 
 /// Messages a viewer's socket writer may hold (hello, state, replies, pings) before the client
 /// is considered abusive: it sends but does not read.
@@ -93,10 +86,6 @@ pub struct Viewer {
     queued: u64,
     /// `queued` just after the last ping: once the writer's count reaches it, the ping is out.
     ping_at: u64,
-    /// The writer's count of written chunks at the last heartbeat…
-    seen_written: u64,
-    /// …and since when it has not moved although something waits to be written.
-    stuck_since: Option<Instant>,
     last_heard: Instant,
     limiter: DefaultDirectRateLimiter,
     /// What the connection's [`crate::frame_guard::FrameGuard`] refused, if it stopped the stream.
@@ -106,8 +95,7 @@ pub struct Viewer {
 struct JoinedState {
     viewer: u64,
     race: Arc<EncodedRace>,
-    stats: Arc<DeliveryStats>,
-    /// The session's broadcast, to see what the writer has not taken yet.
+    /// The session's broadcast, to notice a session that failed without an `Ended`.
     feed: watch::Receiver<Arc<Feed>>,
 }
 
@@ -143,8 +131,6 @@ impl Viewer {
             joined: None,
             queued: 0,
             ping_at: 0,
-            seen_written: 0,
-            stuck_since: None,
             last_heard: Instant::now(),
             limiter,
             verdict,
@@ -169,30 +155,17 @@ impl Viewer {
         self.joined = Some(JoinedState {
             viewer: joined.viewer,
             race: joined.race,
-            stats: joined.stats.clone(),
-            feed: joined.feed.rx.clone(),
+            feed: joined.subscription.feed.rx.clone(),
         });
-        // What is published from now on is this viewer's to get (or to count as dropped).
-        let seq = joined.feed.rx.borrow().seq;
-        self.wire.progress.accounted.set(seq.saturating_sub(1));
         self.queue(ws_text(hello), ctx);
-        let subscribe = Out::Subscribe(Subscription {
-            feed: joined.feed,
-            stats: joined.stats,
-            state_version: joined.state_version,
-        });
-        self.wire.send(subscribe);
+        self.wire.send(Out::Subscribe(joined.subscription));
     }
 
     /// Queues a framed message for the writer; a client that lets [`MAX_OUTBOX`] pile up is
     /// closed rather than buffered for.
     fn queue(&mut self, message: Bytes, ctx: &mut Context<Self>) {
         if self.wire.queued() >= MAX_OUTBOX {
-            self.close(
-                CloseCode::Policy.into(),
-                "too many unread replies: read your socket",
-                ctx,
-            );
+            self.close(CloseReason::TooManyReplies, ctx);
             return;
         }
         self.wire.send(Out::Message(message));
@@ -201,15 +174,9 @@ impl Viewer {
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        if self.stalled(now) {
-            if let Some(joined) = &self.joined {
-                joined.stats.count_stalled_close();
-            }
-            self.close(
-                close_code::STALLED,
-                "stalled: the client is not reading",
-                ctx,
-            );
+        let stall_timeout = self.limits.stall_timeout;
+        if self.wire.stuck_for(now).is_some_and(|d| d >= stall_timeout) {
+            self.close(CloseReason::Stalled, ctx);
             return;
         }
         // The session's broadcast is gone but no `Ended` came: the session failed.
@@ -218,11 +185,11 @@ impl Viewer {
             .as_ref()
             .is_some_and(|j| j.feed.has_changed().is_err())
         {
-            self.close(1011, "session failed: reconnect later", ctx);
+            self.close(CloseReason::SessionFailed, ctx);
             return;
         }
         if now.duration_since(self.last_heard) > self.limits.client_timeout {
-            self.close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout", ctx);
+            self.close(CloseReason::HeartbeatTimeout, ctx);
             return;
         }
         // One ping waiting is enough; a busy socket still gets it.
@@ -232,43 +199,15 @@ impl Viewer {
         }
     }
 
-    /// True once the writer has written nothing for `stall_timeout` while something waited for
-    /// it. Until then, frames it skips meanwhile are counted as dropped for a stalled client.
-    fn stalled(&mut self, now: Instant) -> bool {
-        let progress = &self.wire.progress;
-        let written = progress.written.get();
-        let latest = self.joined.as_ref().map(|j| j.feed.borrow().seq);
-        let waiting = self.queued > progress.replies.get()
-            || latest.is_some_and(|seq| seq > progress.accounted.get());
-        if !waiting || written != self.seen_written {
-            self.seen_written = written;
-            self.stuck_since = None;
-            return false;
-        }
-        let since = *self.stuck_since.get_or_insert(now);
-        if let (Some(joined), Some(latest)) = (&self.joined, latest) {
-            // The newest value may still go out; everything before it will not.
-            let accounted = progress.accounted.get();
-            if latest > accounted + 1 {
-                let frames = u64::from(joined.feed.borrow().frames);
-                joined
-                    .stats
-                    .count_dropped((latest - 1 - accounted) * frames, true);
-                progress.accounted.set(latest - 1);
-            }
-        }
-        now.duration_since(since) >= self.limits.stall_timeout
-    }
-
     fn command(&mut self, text: &str, ctx: &mut Context<Self>) {
         let Some(joined) = &self.joined else {
             return;
         };
         if self.limiter.check().is_err() {
-            self.count_command("unknown", "rate_limited");
+            self.count_command("unknown", ErrorCode::RateLimited.as_str());
             let limit = self.limits.commands_per_second;
             let reply = error_message(
-                "rate_limited",
+                ErrorCode::RateLimited.as_str(),
                 &format!("more than {limit} commands per second; slow down"),
             );
             self.queue(ws_text(reply), ctx);
@@ -288,24 +227,26 @@ impl Viewer {
                     self.count_command("auth", "ok");
                     self.queue(ws_text(auth_message(true)), ctx);
                 } else {
-                    self.count_command("auth", "forbidden");
-                    let reply =
-                        error_message("forbidden", "that is not this session's control token");
+                    self.count_command("auth", ErrorCode::Forbidden.as_str());
+                    let reply = error_message(
+                        ErrorCode::Forbidden.as_str(),
+                        "that is not this session's control token",
+                    );
                     self.queue(ws_text(reply), ctx);
                 }
                 return;
             }
             Ok(Request::Control(command)) => command,
             Err(err) => {
-                self.count_command("invalid", err.code);
-                self.queue(ws_text(error_message(err.code, &err.message)), ctx);
+                self.count_command("invalid", err.code.as_str());
+                self.queue(ws_text(error_message(err.code.as_str(), &err.message)), ctx);
                 return;
             }
         };
         if !self.can_control {
-            self.count_command(command.kind(), "forbidden");
+            self.count_command(command.kind(), ErrorCode::Forbidden.as_str());
             let reply = error_message(
-                "forbidden",
+                ErrorCode::Forbidden.as_str(),
                 "this connection has no control token; send {\"cmd\":\"auth\",\"token\":..} or connect with ?token=<control token>",
             );
             self.queue(ws_text(reply), ctx);
@@ -314,16 +255,22 @@ impl Viewer {
         // The new state reaches every viewer, this one included, through the session's broadcast.
         // If the session is ending, its `Ended` message closes this viewer with the reason.
         let kind = command.kind();
-        ctx.spawn(self.session.send(Control(command)).into_actor(self).map(
-            move |result, act, ctx| match result {
-                Ok(Ok(_)) => act.count_command(kind, "ok"),
-                Ok(Err(refused)) => {
-                    act.count_command(kind, refused.code);
-                    act.queue(ws_text(error_message(refused.code, &refused.message)), ctx);
-                }
-                Err(_) => {}
-            },
-        ));
+        ctx.spawn(
+            self.session
+                .send(ControlCommand(command))
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Ok(_)) => act.count_command(kind, "ok"),
+                    Ok(Err(refused)) => {
+                        act.count_command(kind, refused.code.as_str());
+                        act.queue(
+                            ws_text(error_message(refused.code.as_str(), &refused.message)),
+                            ctx,
+                        );
+                    }
+                    Err(_) => {}
+                }),
+        );
     }
 
     fn client_message(&mut self, message: AggregatedMessage, ctx: &mut Context<Self>) {
@@ -332,7 +279,7 @@ impl Viewer {
             AggregatedMessage::Text(text) => self.command(&text, ctx),
             AggregatedMessage::Binary(_) => {
                 let reply = error_message(
-                    "binary_not_supported",
+                    ErrorCode::BinaryNotSupported.as_str(),
                     "commands are JSON text messages, e.g. {\"cmd\":\"play\"}",
                 );
                 self.queue(ws_text(reply), ctx);
@@ -340,8 +287,8 @@ impl Viewer {
             AggregatedMessage::Ping(payload) => self.queue(ws_message(Message::Pong(payload)), ctx),
             AggregatedMessage::Pong(_) => {}
             AggregatedMessage::Close(reason) => {
-                let code = reason.map_or(1000, |r| u16::from(r.code));
-                self.close(code, "", ctx);
+                let code = reason.map_or(CloseCode::Normal.into(), |r| u16::from(r.code));
+                self.close(CloseReason::Echo(code), ctx);
             }
         }
     }
@@ -353,23 +300,19 @@ impl Viewer {
             .inc();
     }
 
-    /// Closes with `code`: the close frame overtakes whatever is still queued for the socket.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+    /// Closes for `reason`: the close frame overtakes whatever is still queued for the socket.
+    fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
-        self.gone = match code {
-            close_code::STALLED => Disconnect::Stalled,
-            close_code::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
-            1001 | 1011 => Disconnect::SessionEnded,
-            1002 | 1007 => Disconnect::Protocol,
-            1008 => Disconnect::Policy,
-            1009 => Disconnect::TooBig,
-            1013 => Disconnect::SessionFull,
-            _ => Disconnect::Client,
-        };
+        self.gone = reason.disconnect();
         self.closing = true;
-        self.wire.close(close_frame(code, reason));
+        let frame = close_frame(reason.code(), &reason.reason());
+        if reason == CloseReason::Stalled {
+            self.wire.close_stalled(frame);
+        } else {
+            self.wire.close(frame);
+        }
         ctx.stop();
     }
 }
@@ -393,8 +336,8 @@ impl Actor for Viewer {
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
                     Ok(Ok(joined)) => act.on_joined(joined, ctx),
-                    Ok(Err(full)) => act.close(CloseCode::Again.into(), &full.message, ctx),
-                    Err(_) => act.close(CloseCode::Away.into(), "session ended", ctx),
+                    Ok(Err(full)) => act.close(CloseReason::SessionFull(full.message), ctx),
+                    Err(_) => act.close(CloseReason::SessionEnded, ctx),
                 }),
         );
     }
@@ -415,7 +358,7 @@ impl Actor for Viewer {
 impl Handler<Ended> for Viewer {
     type Result = ();
     fn handle(&mut self, msg: Ended, ctx: &mut Context<Self>) {
-        self.close(msg.code, &msg.reason, ctx);
+        self.close(msg.0, ctx);
     }
 }
 
@@ -427,26 +370,20 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Viewe
     ) {
         match item {
             Ok(message) => self.client_message(message, ctx),
-            Err(actix_ws::ProtocolError::Overflow) => {
-                self.close(CloseCode::Size.into(), "message too big", ctx)
-            }
+            Err(actix_ws::ProtocolError::Overflow) => self.close(CloseReason::TooBig, ctx),
             Err(actix_ws::ProtocolError::Io(err)) => {
                 if let Some(violation) = self.verdict.take() {
-                    self.close(violation.close_code(), &violation.reason(), ctx);
+                    self.close(CloseReason::Guard(violation), ctx);
                 } else if err.kind() != std::io::ErrorKind::InvalidData {
                     // The connection itself failed: the client is gone, there is no one to tell.
                     ctx.stop();
                 } else if is_utf8_error(&err) {
-                    self.close(
-                        CloseCode::Invalid.into(),
-                        "text message is not valid UTF-8",
-                        ctx,
-                    );
+                    self.close(CloseReason::InvalidUtf8, ctx);
                 } else {
-                    self.close(CloseCode::Protocol.into(), &err.to_string(), ctx);
+                    self.close(CloseReason::Protocol(err.to_string()), ctx);
                 }
             }
-            Err(err) => self.close(CloseCode::Protocol.into(), &err.to_string(), ctx),
+            Err(err) => self.close(CloseReason::Protocol(err.to_string()), ctx),
         }
     }
 }
@@ -464,7 +401,7 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    let reason = CloseReason {
+    let reason = actix_ws::CloseReason {
         code: CloseCode::from(code),
         description: (end > 0).then(|| reason[..end].to_owned()),
     };
@@ -482,7 +419,7 @@ mod tests {
 
     #[test]
     fn close_frame_is_an_unmasked_close_with_code_and_reason() {
-        let frame = close_frame(close_code::STALLED, "stalled");
+        let frame = close_frame(CloseReason::Stalled.code(), "stalled");
         assert_eq!(frame[0], 0x88, "FIN + close opcode");
         assert_eq!(
             frame[1] as usize,
@@ -496,7 +433,7 @@ mod tests {
     #[test]
     fn long_reasons_are_cut_to_fit_a_control_frame() {
         for reason in ["x".repeat(500), "é".repeat(300), "🏁".repeat(100)] {
-            let frame = close_frame(1001, &reason);
+            let frame = close_frame(CloseReason::ShuttingDown.code(), &reason);
             assert_eq!(frame[1] as usize, frame.len() - 2, "short form length");
             assert!(frame.len() <= 2 + 125, "{} bytes", frame.len());
             assert!(

@@ -1085,7 +1085,7 @@ struct SafetyCar {
 }
 
 /// Race control: neutralisations, yellow flags, DRS enablement and the chequered flag.
-struct Control {
+struct RaceControl {
     plan: Option<(Trigger, Neutral)>,
     deploy_at: Option<f64>,
     sc: Option<SafetyCar>,
@@ -1096,7 +1096,7 @@ struct Control {
     all_done_at: Option<f64>,
 }
 
-impl Control {
+impl RaceControl {
     fn status(&self, t: f64) -> TrackStatus {
         if self.sc.is_some() {
             TrackStatus::SafetyCar
@@ -1114,7 +1114,7 @@ impl Control {
     }
 }
 
-fn plan_control(rng: &mut ChaCha8Rng, cars: &[Car], laps: u16, length: f64) -> Control {
+fn plan_control(rng: &mut ChaCha8Rng, cars: &[Car], laps: u16, length: f64) -> RaceControl {
     let first_retirement = cars
         .iter()
         .enumerate()
@@ -1138,7 +1138,7 @@ fn plan_control(rng: &mut ChaCha8Rng, cars: &[Car], laps: u16, length: f64) -> C
         }
         None => None,
     };
-    Control {
+    RaceControl {
         plan,
         deploy_at: None,
         sc: None,
@@ -1196,7 +1196,7 @@ impl FrontTimes {
 struct Sim {
     circuit: Circuit,
     cars: Vec<Car>,
-    control: Control,
+    control: RaceControl,
     front: FrontTimes,
     laps: u16,
     /// Car indices by classification, from the last frame.

@@ -14,26 +14,27 @@ use serde::Serialize;
 
 use crate::clock::{SPEED_RANGE, TICK};
 use crate::encode::{state_message, window_message, ws_binary, ws_text, EncodedRace, PlayState};
-use crate::feed::{Broadcast, FeedHandle, Mode};
+use crate::feed::{Broadcast, Mode};
 use crate::ids::{RaceId, TokenHash};
 use crate::metrics::Metrics;
-use crate::outlet::{DeliveryStats, DeliveryTotals};
 use crate::replication::{Adopt, SessionRecord, SharedTimeline, TimelineChanged};
 use crate::window_codec::{self, WindowEncoding};
+use crate::writer::{DeliveryStats, DeliveryTotals, Subscription};
 
+mod close;
 mod command;
+mod schedule;
 mod timeline;
 
-pub use command::{Command, CommandError, Request};
+pub use close::CloseReason;
+pub use command::{ClientMessage, Command, CommandError, ErrorCode, Request};
+pub use schedule::{Due, Schedule};
 pub use timeline::Timeline;
 
-/// The session is gone; the viewer closes its socket with this code and reason.
+/// The session is gone; the viewer closes its socket for this reason.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Ended {
-    pub code: u16,
-    pub reason: String,
-}
+pub struct Ended(pub CloseReason);
 
 /// A viewer joins: it reads the broadcast of its delivery mode from now on.
 #[derive(Message)]
@@ -45,16 +46,14 @@ pub struct Join {
     pub encoding: WindowEncoding,
 }
 
-/// What a viewer needs to greet its client, follow the broadcast and report its deliveries.
+/// What a viewer needs to greet its client and have its socket writer follow the broadcast.
 pub struct Joined {
     pub viewer: u64,
     pub session: Arc<str>,
     pub race: Arc<EncodedRace>,
     pub state: PlayState,
-    pub stats: Arc<DeliveryStats>,
-    pub feed: FeedHandle,
-    /// The version of `state`, so the writer does not repeat it.
-    pub state_version: u64,
+    /// For the viewer's socket writer, which writes and counts the deliveries.
+    pub subscription: Subscription,
     /// The look-ahead window length, for look-ahead viewers.
     pub window: Option<Duration>,
 }
@@ -69,7 +68,7 @@ pub struct Leave {
 /// the session's own command rate is exceeded.
 #[derive(Message)]
 #[rtype(result = "Result<PlayState, CommandError>")]
-pub struct Control(pub Command);
+pub struct ControlCommand(pub Command);
 
 /// Ask for the session's public description.
 #[derive(Message)]
@@ -100,13 +99,10 @@ impl Handler<PlayedRace> for Session {
     }
 }
 
-/// Close every viewer with `code`/`reason` and stop.
+/// Close every viewer for `reason` and stop.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct End {
-    pub code: u16,
-    pub reason: String,
-}
+pub struct End(pub CloseReason);
 
 /// A joined viewer. Frames do not go through viewer mailboxes (see [`crate::feed`]): the
 /// session keeps viewers to count them and to tell them when it ends.
@@ -114,28 +110,24 @@ struct Subscriber {
     ended: Recipient<Ended>,
 }
 
-/// The look-ahead schedule of the current epoch. Windows are cut on the grid of 40 ms display
-/// slots counted from the timeline's anchor; each goes out one window length before its first
-/// slot, and the first of an epoch covers two lengths, so clients always hold what comes next.
-#[derive(Default)]
-struct Windows {
-    /// The epoch this schedule belongs to; another epoch means it must restart.
-    epoch: u64,
-    /// The first slot not yet sent.
-    next_slot: u64,
-    /// The window sent last: it covers the present once the next one is out.
-    last: Option<Bytes>,
-    /// The race's last frame has been sent.
-    done: bool,
-}
-
 /// One window encoding's broadcast and its own schedule: a session builds windows only in the
 /// encodings somebody asked for, once per window each, and each keeps the schedule it would
 /// have alone (so a first viewer of one encoding gets a fresh window at once).
-#[derive(Default)]
 struct Lookahead {
     broadcast: Broadcast,
-    windows: Windows,
+    schedule: Schedule,
+    /// The window sent last in this schedule: it covers the present once the next one is out.
+    last: Option<Bytes>,
+}
+
+impl Lookahead {
+    fn new(window: Duration) -> Self {
+        Self {
+            broadcast: Broadcast::new(),
+            schedule: Schedule::new(window),
+            last: None,
+        }
+    }
 }
 
 /// Where a session reports its timeline so that it outlives this process: the Redis
@@ -192,6 +184,7 @@ impl Session {
     ) -> Self {
         let now = Instant::now();
         let timeline = Timeline::new(race.total_frames(), autoplay, now);
+        let window = window.max(TICK);
         Self {
             replica: None,
             id: Arc::from(id),
@@ -199,8 +192,8 @@ impl Session {
             state_version: 1,
             push: Broadcast::new(),
             pushed: None,
-            lookahead: Default::default(),
-            window: window.max(TICK),
+            lookahead: [Lookahead::new(window), Lookahead::new(window)],
+            window,
             timeline,
             race,
             viewers: HashMap::new(),
@@ -300,15 +293,16 @@ impl Session {
         }
     }
 
-    /// Ends the session after an internal failure: its viewers are closed with 1011 (they may
-    /// reconnect once it is created again) and the hub releases its id.
+    /// Ends the session after an internal failure: its viewers are closed with
+    /// [`CloseReason::SessionFailed`] (they may reconnect once it is created again) and the hub
+    /// releases its id.
     fn fail(&mut self, ctx: &mut Context<Self>) {
         if let Some(hub) = &self.on_failure {
             hub.do_send(SessionFailed {
                 id: self.id.to_string(),
             });
         }
-        self.end(1011, "session failed: reconnect later", ctx);
+        self.end(CloseReason::SessionFailed, ctx);
     }
 
     fn tick_once(&mut self, ctx: &mut Context<Self>) {
@@ -354,7 +348,7 @@ impl Session {
         // Push the current frame again, with the new state, even if its index did not change.
         self.pushed = None;
         for lookahead in &mut self.lookahead {
-            lookahead.windows = Windows::default();
+            lookahead.schedule.reset();
         }
     }
 
@@ -387,61 +381,16 @@ impl Session {
         self.push.publish(state, ws_binary(bytes), 1, None, now);
     }
 
-    /// Sends the windows due by `now`: in a new epoch, the present and the next window length
-    /// at once (paused: the one frame shown); then one window length each time the display
-    /// reaches the start of the last window sent.
+    /// Publishes the windows of `encoding` that its [`Schedule`] says are due by `now`.
     fn send_windows(&mut self, encoding: WindowEncoding, now: Instant) {
-        let epoch = self.timeline.epoch();
-        let slots = (self.window.as_micros() / TICK.as_micros()).max(1) as u64;
-        let present = self.timeline.slot_at(now);
-        let windows = &mut self.lookahead[encoding.index()].windows;
-        // Restart in a new epoch, or when nobody listened for a while and the schedule fell behind.
-        let behind = self.timeline.playing() && windows.next_slot <= present;
-        if windows.epoch != epoch || behind {
-            *windows = Windows {
-                epoch,
-                next_slot: present,
-                ..Windows::default()
-            };
-            if !self.timeline.playing() {
-                windows.done = true;
-                let frame = self.timeline.frame_at(now);
-                self.send_window(encoding, &[frame], now);
-                return;
-            }
-            self.send_slots(encoding, present, present + 2 * slots, now);
+        let lookahead = &mut self.lookahead[encoding.index()];
+        let due = lookahead.schedule.due(&self.timeline, now);
+        if due.restarted {
+            lookahead.last = None;
         }
-        loop {
-            let windows = &self.lookahead[encoding.index()].windows;
-            let due = !windows.done
-                && self.timeline.playing()
-                && windows.next_slot >= slots
-                && now >= self.timeline.slot_start(windows.next_slot - slots);
-            if !due {
-                break;
-            }
-            let from = windows.next_slot;
-            self.send_slots(encoding, from, from + slots, now);
+        for indices in &due.windows {
+            self.send_window(encoding, indices, now);
         }
-    }
-
-    /// Sends the frames shown in display slots `from..to`, once each.
-    fn send_slots(&mut self, encoding: WindowEncoding, from: u64, to: u64, now: Instant) {
-        let last = self.timeline.last_frame();
-        let windows = &mut self.lookahead[encoding.index()].windows;
-        let mut indices: Vec<u32> = Vec::with_capacity((to - from) as usize);
-        for slot in from..to {
-            let frame = self.timeline.slot_frame(slot);
-            if indices.last() != Some(&frame) {
-                indices.push(frame);
-            }
-            if frame >= last {
-                windows.done = true;
-                break;
-            }
-        }
-        windows.next_slot = to;
-        self.send_window(encoding, &indices, now);
     }
 
     /// Builds a window once in `encoding` and publishes it to that encoding's viewers.
@@ -459,7 +408,7 @@ impl Session {
         };
         let message = ws_binary(payload);
         let lookahead = &mut self.lookahead[encoding.index()];
-        let catch_up = lookahead.windows.last.replace(message.clone());
+        let catch_up = lookahead.last.replace(message.clone());
         lookahead.broadcast.publish(
             (self.state_version, &self.state_frame),
             message,
@@ -490,7 +439,7 @@ impl Session {
     fn join(&mut self, msg: Join) -> Result<Joined, CommandError> {
         if self.viewers.len() >= self.max_viewers {
             return Err(CommandError::new(
-                "session_full",
+                ErrorCode::SessionFull,
                 format!("session has its maximum of {} viewers", self.max_viewers),
             ));
         }
@@ -513,9 +462,12 @@ impl Session {
             session: self.id.clone(),
             race: self.race.clone(),
             state: self.timeline.state(now),
-            stats: self.stats.clone(),
-            feed,
-            state_version: self.state_version,
+            subscription: Subscription {
+                feed,
+                stats: self.stats.clone(),
+                // The state the hello carries: the writer does not repeat it.
+                state_version: self.state_version,
+            },
             window,
         })
     }
@@ -585,13 +537,13 @@ impl Handler<Leave> for Session {
     }
 }
 
-impl Handler<Control> for Session {
+impl Handler<ControlCommand> for Session {
     type Result = Result<PlayState, CommandError>;
-    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ControlCommand, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(limiter) = &self.command_rate {
             if limiter.check().is_err() {
                 return Err(CommandError::new(
-                    "rate_limited",
+                    ErrorCode::RateLimited,
                     "this session takes no more commands per second from all its controllers; slow down",
                 ));
             }
@@ -632,19 +584,16 @@ impl Handler<GetInfo> for Session {
 impl Handler<End> for Session {
     type Result = ();
     fn handle(&mut self, msg: End, ctx: &mut Context<Self>) {
-        self.end(msg.code, &msg.reason, ctx);
+        self.end(msg.0, ctx);
     }
 }
 
 impl Session {
-    /// Closes every viewer with `code`/`reason` and stops.
-    fn end(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+    /// Closes every viewer for `reason` and stops.
+    fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         for viewer in self.viewers.values() {
             // One message per viewer, once: the bounded-mailbox rule is for frames.
-            viewer.ended.do_send(Ended {
-                code,
-                reason: reason.to_owned(),
-            });
+            viewer.ended.do_send(Ended(reason.clone()));
         }
         self.viewers.clear();
         // The label goes with the session, so ended sessions do not linger in the metrics.
@@ -685,7 +634,7 @@ mod tests {
     /// Records what a session tells it.
     #[derive(Default)]
     struct Listener {
-        ended: std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>,
+        ended: std::sync::Arc<std::sync::Mutex<Vec<CloseReason>>>,
         failed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     }
 
@@ -696,7 +645,7 @@ mod tests {
     impl Handler<Ended> for Listener {
         type Result = ();
         fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
-            self.ended.lock().unwrap().push((msg.code, msg.reason));
+            self.ended.lock().unwrap().push(msg.0);
         }
     }
 
@@ -753,6 +702,6 @@ mod tests {
         assert_eq!(failed.lock().unwrap().as_slice(), ["doomed"]);
         let ended = ended.lock().unwrap();
         assert_eq!(ended.len(), 1, "{ended:?}");
-        assert_eq!(ended[0].0, 1011);
+        assert_eq!(ended[0], CloseReason::SessionFailed);
     }
 }

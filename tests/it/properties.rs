@@ -15,7 +15,7 @@ use replay_hub::race::{
     generate, read_meta, write_race, Frame, GenParams, RaceFileError, RaceMeta, RaceReader,
     Timeline,
 };
-use replay_hub::session::{Command, Request};
+use replay_hub::session::{CloseReason, Command, Request};
 
 /// Frames in the small race the properties work on: enough for a few seconds of replay.
 const SMALL_FRAMES: u32 = 60;
@@ -496,7 +496,7 @@ proptest! {
             .try_for_each(|w| scanner.scan(&bytes[w[0]..w[1]]));
         prop_assert_eq!(verdict, expected);
         if let Err(violation) = verdict {
-            prop_assert!(matches!(violation.close_code(), 1002 | 1009));
+            prop_assert!(matches!(CloseReason::Guard(violation).code(), 1002 | 1009));
         }
     }
 
@@ -534,7 +534,7 @@ proptest! {
             }
             Err(err) => {
                 prop_assert!(matches!(
-                    err.code,
+                    err.code.as_str(),
                     "bad_json" | "bad_command" | "bad_argument" | "out_of_range" | "unknown_command"
                 ));
                 prop_assert!(!err.message.is_empty());

@@ -10,6 +10,8 @@ import { decodeBinary } from "./codec.js";
 
 // Window encodings this worker decodes, in order of preference.
 const ENCODINGS = "qdelta1,msgpack";
+// The close code of a deleted session (docs/PROTOCOL.md): it is over, do not reconnect.
+const SESSION_DELETED = 4003;
 
 let socket = null;
 let url = null;
@@ -73,7 +75,7 @@ function connect() {
     if (socket !== ws) return;
     socket = null;
     clock.reset();
-    if (event.code === 1001 && event.reason === "session deleted") {
+    if (event.code === SESSION_DELETED) {
       finish("The session was deleted.");
       return;
     }

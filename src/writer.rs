@@ -2,6 +2,11 @@
 //! the socket has room. Its viewer actor queues replies into it; once joined, it reads the
 //! session's broadcast ([`crate::feed`]) directly, taking only the newest value, so a frame costs
 //! each viewer one wake and no copy, framing or allocation of its own.
+//!
+//! The writer is the one place that counts a viewer's deliveries ([`DeliveryStats`]): frames
+//! sent, frames dropped (latest wins), and stalled closes. A stuck socket is not polled, so the
+//! viewer's heartbeat asks the [`Wire`] how long it has been stuck, and the writer's side of the
+//! wire counts what it will never write there and then.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -17,7 +22,7 @@ use bytes::Bytes;
 use prometheus::local::LocalHistogram;
 use serde::Serialize;
 
-use crate::feed::{FeedHandle, LocalFeed, LocalValue};
+use crate::feed::{FeedHandle, LocalValue, Relay};
 use crate::metrics::Metrics;
 
 /// A writer that has written nothing for this long counts its drops as "stalled", not "slow".
@@ -41,6 +46,18 @@ pub struct Wire {
     hung_up: Cell<bool>,
     waker: RefCell<Option<Waker>>,
     pub progress: Progress,
+    /// What the writer follows once subscribed, for the stall bookkeeping.
+    subscribed: RefCell<Option<Subscribed>>,
+    /// The writer's count of written chunks at the last stall check…
+    seen_written: Cell<u64>,
+    /// …and since when it has not moved although something waits to be written.
+    stuck_since: Cell<Option<Instant>>,
+}
+
+/// The broadcast a subscribed writer follows and where it counts.
+struct Subscribed {
+    relay: Rc<Relay>,
+    stats: Arc<DeliveryStats>,
 }
 
 impl Wire {
@@ -59,6 +76,43 @@ impl Wire {
     pub fn close(&self, frame: Bytes) {
         *self.close.borrow_mut() = Some(frame);
         self.wake();
+    }
+
+    /// A close frame for a client that stopped reading: counted as a stalled close.
+    pub fn close_stalled(&self, frame: Bytes) {
+        if let Some(subscribed) = &*self.subscribed.borrow() {
+            subscribed.stats.count_stalled_close();
+        }
+        self.close(frame);
+    }
+
+    /// How long the writer has written nothing while something waited for it (`None` if it is
+    /// not stuck), asked on the viewer's heartbeat. Meanwhile, broadcast values it skips are
+    /// counted as dropped (stalled) now, not when it next writes: the newest may still go out,
+    /// everything before it will not.
+    pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
+        let progress = &self.progress;
+        let written = progress.written.get();
+        let subscribed = self.subscribed.borrow();
+        let latest = subscribed.as_ref().map(|s| s.relay.latest());
+        let waiting = !self.queue.borrow().is_empty()
+            || latest.is_some_and(|(seq, _)| seq > progress.accounted.get());
+        if !waiting || written != self.seen_written.get() {
+            self.seen_written.set(written);
+            self.stuck_since.set(None);
+            return None;
+        }
+        let since = self.stuck_since.get().unwrap_or(now);
+        self.stuck_since.set(Some(since));
+        if let (Some(subscribed), Some((latest, frames))) = (&*subscribed, latest) {
+            let accounted = progress.accounted.get();
+            if latest > accounted + 1 {
+                let skipped = (latest - 1 - accounted) * u64::from(frames);
+                subscribed.stats.count_dropped(skipped, true);
+                progress.accounted.set(latest - 1);
+            }
+        }
+        Some(now.duration_since(since))
     }
 
     /// The viewer actor is gone: the writer ends after what is queued.
@@ -99,22 +153,22 @@ pub struct Subscription {
     pub state_version: u64,
 }
 
-/// What the writer has done, read by its viewer actor on the same thread (no lock: a viewer
-/// actor and its socket live on one worker) to tell a stalled client from an idle one.
+/// What the writer has done (no lock: a viewer actor and its socket live on one worker).
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Chunks handed to the socket.
-    pub written: Cell<u64>,
-    /// Of those, queued [`Out::Message`]s, which the viewer actor counts as it queues them.
+    written: Cell<u64>,
+    /// Of those, queued [`Out::Message`]s: the viewer actor, which numbers what it queues,
+    /// reads this to know when its last ping went out.
     pub replies: Cell<u64>,
     /// The broadcast `seq` up to which values were written or counted as dropped.
-    pub accounted: Cell<u64>,
+    accounted: Cell<u64>,
 }
 
-pub struct Outlet {
+pub struct Writer {
     wire: Rc<Wire>,
-    feed: Option<Rc<LocalFeed>>,
-    /// The broadcast seq this writer is listed as waiting past (see [`LocalFeed::poll_newer`]).
+    feed: Option<Rc<Relay>>,
+    /// The broadcast seq this writer is listed as waiting past (see [`Relay::poll_newer`]).
     waiting: Option<u64>,
     tally: Option<Tally>,
     /// The state version last written: a value with a newer one brings its state first.
@@ -162,7 +216,7 @@ impl Tally {
     }
 }
 
-impl Outlet {
+impl Writer {
     /// A writer for a freshly upgraded connection; `socket` is actix-ws's body it replaces.
     pub fn new(wire: Rc<Wire>, socket: BoxBody) -> Self {
         Self {
@@ -183,21 +237,26 @@ impl Outlet {
 
     fn subscribe(&mut self, sub: Subscription) {
         let seq = sub.feed.rx.borrow().seq;
-        // The current value is the viewer's first, not a drop (the viewer set the same when it
-        // joined; values since then were not dropped either).
+        // The current value is the viewer's first, not a drop.
         let accounted = &self.wire.progress.accounted;
         accounted.set(accounted.get().max(seq.saturating_sub(1)));
         self.state_version = sub.state_version;
+        let stats = sub.stats;
         self.tally = Some(Tally {
-            latency: sub.stats.metrics().send_latency.local(),
-            stats: sub.stats,
+            latency: stats.metrics().send_latency.local(),
+            stats: stats.clone(),
             frames: 0,
             bytes: 0,
             dropped_slow: 0,
             dropped_stalled: 0,
             flushed: Instant::now(),
         });
-        self.feed = Some(LocalFeed::on_this_thread(&sub.feed));
+        let relay = Relay::on_this_thread(&sub.feed);
+        *self.wire.subscribed.borrow_mut() = Some(Subscribed {
+            relay: relay.clone(),
+            stats: stats.clone(),
+        });
+        self.feed = Some(relay);
     }
 
     /// Queues the chunks of the newest broadcast value; values skipped since the last one
@@ -259,7 +318,7 @@ impl Outlet {
     }
 }
 
-impl Drop for Outlet {
+impl Drop for Writer {
     fn drop(&mut self) {
         if let Some(tally) = &mut self.tally {
             tally.flush();
@@ -267,7 +326,7 @@ impl Drop for Outlet {
     }
 }
 
-impl MessageBody for Outlet {
+impl MessageBody for Writer {
     type Error = Box<dyn std::error::Error>;
 
     fn size(&self) -> BodySize {
@@ -411,4 +470,72 @@ pub struct DeliveryTotals {
     pub frames_dropped: u64,
     pub bytes_sent: u64,
     pub stalled_closed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Broadcast;
+
+    fn publish(broadcast: &mut Broadcast, n: usize) {
+        for _ in 0..n {
+            let state = Bytes::from_static(b"state");
+            broadcast.publish(
+                (1, &state),
+                Bytes::from_static(b"frame"),
+                1,
+                None,
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Everything the writer has to send now, as the HTTP dispatcher would take it.
+    fn drain(writer: &mut Pin<Box<Writer>>) -> usize {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut chunks = 0;
+        while let Poll::Ready(Some(Ok(_))) = writer.as_mut().poll_next(&mut cx) {
+            chunks += 1;
+        }
+        chunks
+    }
+
+    #[test]
+    fn a_stuck_writer_counts_what_it_will_not_write_and_its_stalled_close() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let stats = Arc::new(DeliveryStats::new(Metrics::new()));
+            let mut broadcast = Broadcast::new();
+            publish(&mut broadcast, 1);
+            let wire = Rc::new(Wire::default());
+            wire.send(Out::Subscribe(Subscription {
+                feed: broadcast.subscribe(),
+                stats: stats.clone(),
+                state_version: 1,
+            }));
+            let mut writer = Box::pin(Writer::new(wire.clone(), BoxBody::new(())));
+            assert_eq!(drain(&mut writer), 1, "the current frame");
+            let t0 = Instant::now();
+            assert_eq!(wire.stuck_for(t0), None, "nothing waits");
+
+            // Five more frames while the socket takes nothing: the writer is not polled.
+            publish(&mut broadcast, 5);
+            tokio::task::yield_now().await;
+            assert_eq!(wire.stuck_for(t0), Some(Duration::ZERO));
+            let later = t0 + Duration::from_secs(2);
+            assert_eq!(wire.stuck_for(later), Some(Duration::from_secs(2)));
+            // The newest may still go out; the four before it will not.
+            assert_eq!(stats.snapshot().frames_dropped, 4);
+            assert_eq!(stats.snapshot().stalled_closed, 0);
+
+            wire.close_stalled(Bytes::from_static(b"close"));
+            assert_eq!(stats.snapshot().stalled_closed, 1);
+            drop(writer);
+            let totals = stats.snapshot();
+            assert_eq!((totals.frames_sent, totals.frames_dropped), (1, 4));
+        });
+    }
 }
