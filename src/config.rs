@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 
 use crate::cache::{CacheSpec, Compression};
 
@@ -18,7 +18,7 @@ use crate::cache::{CacheSpec, Compression};
 #[command(version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<Subcommand>,
 
     #[command(flatten)]
     pub serve: Config,
@@ -38,15 +38,15 @@ pub enum LogFormat {
 
 impl Cli {
     /// The subcommand to run; no subcommand means `serve` with the top-level flags.
-    pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Serve(self.serve))
+    pub fn into_command(self) -> Subcommand {
+        self.command.unwrap_or(Subcommand::Serve(self.serve))
     }
 }
 
 /// Made once per run, so the size of `Serve`'s config does not matter.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
     /// Serve races and sessions over HTTP and WebSocket (the default).
     Serve(Config),
     /// Generate a deterministic synthetic race file.
@@ -378,7 +378,7 @@ pub struct ImportArgs {
 }
 
 /// Where `replay-hub import` can fetch a race from instead of a file.
-#[derive(Debug, Clone, Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum ImportSource {
     /// Download a session from the OpenF1 API and write it as a race file (docs/IMPORTING.md).
     Openf1(Openf1Args),
@@ -392,7 +392,7 @@ mod tests {
     fn no_subcommand_means_serve_with_defaults() {
         let cli = Cli::try_parse_from(["replay-hub"]).unwrap();
         match cli.into_command() {
-            Command::Serve(config) => {
+            Subcommand::Serve(config) => {
                 assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
                 assert_eq!(config.max_message_bytes, 4096);
             }
@@ -406,7 +406,7 @@ mod tests {
         let sub = Cli::try_parse_from(["replay-hub", "serve", "--bind", "0.0.0.0:9000"]).unwrap();
         for cli in [top, sub] {
             match cli.into_command() {
-                Command::Serve(config) => assert_eq!(config.bind.port(), 9000),
+                Subcommand::Serve(config) => assert_eq!(config.bind.port(), 9000),
                 other => panic!("expected serve, got {other:?}"),
             }
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use replay_hub::config::{Cli, Command, LogFormat};
+use replay_hub::config::{Cli, LogFormat, Subcommand};
 use replay_hub::App;
 use tracing_subscriber::EnvFilter;
 
@@ -46,8 +46,8 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.into_command() {
-        Command::Serve(config) => actix_web::rt::System::new().block_on(serve(config)),
-        Command::Generate(args) => {
+        Subcommand::Serve(config) => actix_web::rt::System::new().block_on(serve(config)),
+        Subcommand::Generate(args) => {
             let started = std::time::Instant::now();
             let meta = replay_hub::cli::generate_race_file(&args)?;
             println!(
@@ -60,7 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Import(args) => {
+        Subcommand::Import(args) => {
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             if let Some(replay_hub::config::ImportSource::Openf1(openf1)) = args.source {
                 let summary = runtime.block_on(replay_hub::import::openf1::run_cli(openf1))?;

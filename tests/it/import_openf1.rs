@@ -16,7 +16,7 @@ use common::{TestHub, Viewer, PATIENCE};
 use openf1_fixture::{
     Fault, FaultAction, Fixture, FixtureServer, FixtureSpec, GAP_CAR, PITTING_CAR, RETIRING_CAR,
 };
-use replay_hub::config::{Cli, Command as Sub, ImportSource, Openf1Args};
+use replay_hub::config::{Cli, ImportSource, Openf1Args, Subcommand as Sub};
 use replay_hub::import::openf1::{import, RaceEventKind};
 use replay_hub::race::{DriverStatus, Frame, RaceMeta, RaceReader, TrackStatus};
 use serde_json::json;
