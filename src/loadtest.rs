@@ -555,9 +555,15 @@ where
     }
 }
 
-/// Time requests in one round of a viewer's clock sync, one after the other's answer; the answer
-/// with the shortest round trip is kept (as in the web viewer's `clock.js`).
+/// Time requests in one round of a viewer's clock sync, each [`SAMPLE_GAP`] after the answer to
+/// the one before; the answer with the shortest round trip is kept (as in the web viewer's
+/// `clock.js`).
 const TIME_SAMPLES: u32 = 5;
+/// The hub writes every viewer its next window at the same moment, once a window period (1 s by
+/// default), and on a machine shared with the hub that burst holds up the answers of time
+/// requests made during it: samples a quarter of a second apart put some between the bursts.
+/// (A browser makes its requests back to back; its machine does not write the hub's windows.)
+const SAMPLE_GAP: Duration = Duration::from_millis(250);
 /// A viewer syncs its clock again this long after its last round started, as the web viewer does.
 const RESYNC: Duration = Duration::from_secs(30);
 /// Viewers that start their sync each second once all are connected. Real clients sync from
@@ -693,6 +699,7 @@ where
     }
     let mut syncs = window.syncs.subscribe();
     let mut next_sync: Option<Instant> = None;
+    let mut next_request: Option<Instant> = None;
     let mut state: Option<Anchor> = None;
     let mut last: Option<u32> = None;
     loop {
@@ -709,6 +716,13 @@ where
             () = sleep_until(next_sync) => {
                 next_sync = next_sync.map(|at| at + RESYNC);
                 if sync.start(clock.now_ms()) && ws.send(time_request(&clock)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            () = sleep_until(next_request) => {
+                next_request = None;
+                if ws.send(time_request(&clock)).await.is_err() {
                     return;
                 }
                 continue;
@@ -744,8 +758,8 @@ where
                                 .synced_from_us
                                 .store(from_us.max(1.0) as u64, Ordering::Relaxed);
                         }
-                        if more && ws.send(time_request(&clock)).await.is_err() {
-                            return;
+                        if more {
+                            next_request = Some(received + SAMPLE_GAP);
                         }
                     }
                     _ => {}
