@@ -190,6 +190,11 @@ pub struct Report {
     pub sync_spread_p50_ms: f64,
     pub sync_spread_p99_ms: f64,
     pub sync_spread_max_ms: f64,
+    /// Look-ahead: the same spread among the viewers whose clock estimate came from a round trip
+    /// of at most 40 ms (good to half a frame), and how many they are: what the hub does, less
+    /// what a starved load tool does to its own clock estimates.
+    pub exact_clock_viewers: usize,
+    pub exact_clock_spread_p99_ms: f64,
     /// Look-ahead: frames that arrived after their display time.
     pub late_frames: u64,
     /// Look-ahead: viewers whose clock was synced again once every viewer had connected, before
@@ -263,7 +268,10 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
     // Connect in small batches so the hub's accept queue is not flooded.
     for batch in (0..args.viewers).collect::<Vec<_>>().chunks(50) {
         let attempts = batch.iter().map(|&n| sources.connect(&args.url, n));
-        for (&n, result) in batch.iter().zip(futures_util::future::join_all(attempts).await) {
+        for (&n, result) in batch
+            .iter()
+            .zip(futures_util::future::join_all(attempts).await)
+        {
             match result {
                 Ok(ws) => {
                     let c = Arc::new(Counters::default());
@@ -343,6 +351,16 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         .map(|c| std::mem::take(&mut *c.arrivals.lock().unwrap_or_else(|e| e.into_inner())))
         .collect();
     let (gaps, spreads) = (gaps_ms(&arrivals), spreads_ms(&arrivals));
+    let exact: Vec<Vec<(u32, u32)>> = counters
+        .iter()
+        .zip(&arrivals)
+        .filter(|(c, _)| {
+            c.synced_from_us.load(Ordering::Relaxed) > 0
+                && c.sync_rtt_us.load(Ordering::Relaxed) <= EXACT_RTT_US
+        })
+        .map(|(_, a)| a.clone())
+        .collect();
+    let exact_spreads = spreads_ms(&exact);
     let mut clock_rtts: Vec<f64> = counters
         .iter()
         .filter(|c| c.synced_from_us.load(Ordering::Relaxed) > 0)
@@ -392,6 +410,8 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         sync_spread_p50_ms: percentile(&spreads, 0.5),
         sync_spread_p99_ms: percentile(&spreads, 0.99),
         sync_spread_max_ms: spreads.last().copied().unwrap_or(0.0),
+        exact_clock_viewers: exact.len(),
+        exact_clock_spread_p99_ms: percentile(&exact_spreads, 0.99),
         late_frames: counters
             .iter()
             .map(|c| c.late.load(Ordering::Relaxed))
@@ -570,7 +590,10 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// their own connect times, spread out; thousands at one instant would measure the burst.
 const SYNCS_PER_SECOND: f64 = 2_000.0;
 /// How long the measurement waits past the spread for the last viewers' syncs.
-const SYNC_GRACE: Duration = Duration::from_secs(10);
+const SYNC_GRACE: Duration = Duration::from_secs(20);
+/// Look-ahead: a viewer whose clock estimate came from a round trip this short knows the
+/// server's clock to half a frame; the spread among those viewers is reported on its own.
+const EXACT_RTT_US: u64 = 40_000;
 
 /// Over how long the viewers of a run start their sync once all are connected.
 fn sync_spread(viewers: usize) -> Duration {
@@ -648,7 +671,8 @@ impl ClockSync {
     /// arrived. True if the caller is to send another time request.
     fn answer(&mut self, t0: f64, server_ms: f64, t1: f64) -> bool {
         let rtt_ms = t1 - t0;
-        if self.pending == 0 || !(rtt_ms >= 0.0) {
+        // A NaN or negative round trip (a garbled t0) is no sample.
+        if self.pending == 0 || rtt_ms.is_nan() || rtt_ms < 0.0 {
             return false;
         }
         let sample = Estimate {
@@ -852,7 +876,11 @@ impl Anchor {
 fn gaps_ms(arrivals: &[Vec<(u32, u32)>]) -> Vec<f64> {
     let mut gaps: Vec<f64> = arrivals
         .iter()
-        .flat_map(|a| a.windows(2).map(|w| f64::from(w[1].1 - w[0].1) / 1000.0))
+        // Negative when a viewer's clock estimate moved back between two frames (a re-sync).
+        .flat_map(|a| {
+            a.windows(2)
+                .map(|w| (i64::from(w[1].1) - i64::from(w[0].1)) as f64 / 1000.0)
+        })
         .collect();
     gaps.sort_by(f64::total_cmp);
     gaps
@@ -938,6 +966,10 @@ impl Report {
                 "sync spread per frame   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({what})",
                 self.sync_spread_p50_ms, self.sync_spread_p99_ms, self.sync_spread_max_ms
             ),
+            format!(
+                "  among exact clocks    p99 {:.1} ms, {} viewers (clock round trip at most 40 ms)",
+                self.exact_clock_spread_p99_ms, self.exact_clock_viewers
+            ),
             format!("late frames             {}", self.late_frames),
             format!(
                 "clock sync              {} of {} synced again after connecting; round trip p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -1014,6 +1046,8 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.99), 5.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
+        // A re-sync that moves a viewer's clock back shows as a negative gap, not a wrapped one.
+        assert_eq!(gaps_ms(&[vec![(1, 50_000), (2, 40_000)]]), vec![-10.0]);
     }
 
     #[test]
@@ -1022,7 +1056,11 @@ mod tests {
         assert!(sync.start(0.0));
         // Server 1000 ms ahead; round trips of 30, 4 and 10 ms (the 4 ms one arrives early:
         // its outbound leg was 1 ms), then two more of 50 ms.
-        let answers = [(0.0, 1015.0, 30.0), (30.0, 1031.0, 34.0), (34.0, 1039.0, 44.0)];
+        let answers = [
+            (0.0, 1015.0, 30.0),
+            (30.0, 1031.0, 34.0),
+            (34.0, 1039.0, 44.0),
+        ];
         for (t0, server, t1) in answers {
             assert!(sync.answer(t0, server, t1), "more requests to come");
             assert_eq!(sync.estimate, None, "no estimate before the round ends");
@@ -1040,10 +1078,10 @@ mod tests {
         assert!(sync.start(200.0));
         for k in 0..TIME_SAMPLES {
             let t0 = 200.0 + f64::from(k) * 100.0;
-            sync.answer(t0, t0 + 1040.0, t0 + 80.0);
+            sync.answer(t0, t0 + 1004.0, t0 + 8.0);
         }
         let second = sync.estimate.unwrap();
-        assert_eq!((second.rtt_ms, second.offset_ms), (80.0, 1000.0));
+        assert_eq!((second.rtt_ms, second.offset_ms), (8.0, 1000.0));
         assert_eq!(sync.estimate_from_ms, 200.0);
     }
 
