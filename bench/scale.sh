@@ -26,7 +26,7 @@ ulimit -n "$FDS" || { echo "cannot raise the open-file limit to $FDS" >&2; exit 
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/replay-hub-scale.XXXX)
 "$BIN" --bind 127.0.0.1:0 --data-dir "$WORK/data" --cache none \
-  --max-viewers-per-session "$VIEWERS" >"$WORK/hub.out" 2>"$OUT/hub.log" &
+  --max-viewers-per-session "$VIEWERS" --max-connections-per-ip 0 >"$WORK/hub.out" 2>"$OUT/hub.log" &
 HUB=$!
 trap 'kill $HUB 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 600); do grep -q '^viewer URL' "$WORK/hub.out" 2>/dev/null && break; sleep 0.1; done

@@ -4,8 +4,12 @@
 //! server's pid, its CPU per delivered frame and its resident memory. Figures in BENCHMARKS.md.
 //!
 //! In look-ahead mode each viewer also does what a real client does: it estimates its offset to
-//! the server clock with time requests and works out when it would show each frame it got; gaps
-//! and spreads are then those of display times, and frames that arrive too late are counted.
+//! the server clock with rounds of time requests (the best of each round kept, as the web
+//! viewer's `clock.js` does: once on connecting, again once every viewer is connected, then every
+//! 30 s) and works out when it would show each frame it got; gaps and spreads are then those of
+//! display times, and frames that arrive too late are counted. Display times come from the
+//! session's timeline and the measured offset only, never from when a window arrived, so a hub
+//! whose clock or timeline is off shows up as spread and late frames.
 //!
 //! A run that could not do what was asked fails: no viewer connected ([`LoadtestError`], before
 //! the measurement), or fewer viewers or no frames ([`Report::shortfall`], after it); a paused
@@ -66,6 +70,11 @@ struct Counters {
     /// (frame index, µs since the window opened) of every frame received in the window: when it
     /// arrived (push) or when its viewer would show it (look-ahead).
     arrivals: Mutex<Vec<(u32, u32)>>,
+    /// Look-ahead: when the round of time requests behind the clock estimate in force started,
+    /// in µs on the run's [`Clock`] (0: no estimate yet)…
+    synced_from_us: AtomicU64,
+    /// …and the round trip, in µs, of the answer it kept.
+    sync_rtt_us: AtomicU64,
 }
 
 /// The measurement window, shared by every reader: they record arrivals only while it is open.
@@ -74,6 +83,19 @@ struct Window {
     start: Mutex<Option<Instant>>,
     clock: Clock,
     seen: Seen,
+    /// Look-ahead: from when viewers sync their clocks again, once all are connected; viewer `n`
+    /// starts its round at this instant plus its share of `sync_spread`.
+    syncs: tokio::sync::watch::Sender<Option<Instant>>,
+    sync_spread: Duration,
+    viewers: usize,
+}
+
+impl Window {
+    /// When viewer `n` starts its clock sync, after the moment the syncs start.
+    fn sync_delay(&self, n: usize) -> Duration {
+        self.sync_spread
+            .mul_f64(n as f64 / self.viewers.max(1) as f64)
+    }
 }
 
 /// What viewers learnt of the session itself, for warnings: set by any reader.
@@ -168,6 +190,10 @@ impl Clock {
         self.ms_at(Instant::now())
     }
 
+    fn us_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_micros() as u64
+    }
+
     fn ms_at(&self, at: Instant) -> f64 {
         self.base_ms + at.saturating_duration_since(self.base).as_secs_f64() * 1000.0
     }
@@ -195,8 +221,21 @@ pub struct Report {
     pub sync_spread_p50_ms: f64,
     pub sync_spread_p99_ms: f64,
     pub sync_spread_max_ms: f64,
+    /// Look-ahead: the same spread among the viewers whose clock estimate came from a round trip
+    /// of at most 40 ms (good to half a frame), and how many they are: what the hub does, less
+    /// what a starved load tool does to its own clock estimates.
+    pub exact_clock_viewers: usize,
+    pub exact_clock_spread_p99_ms: f64,
     /// Look-ahead: frames that arrived after their display time.
     pub late_frames: u64,
+    /// Look-ahead: viewers whose clock was synced again once every viewer had connected, before
+    /// the measurement (the others measure with the estimate they made on connecting).
+    pub clock_resynced: usize,
+    /// Look-ahead: the round trip of the time answer behind each viewer's clock estimate at the
+    /// end (its offset is good to half of it), in ms.
+    pub clock_rtt_p50_ms: f64,
+    pub clock_rtt_p99_ms: f64,
+    pub clock_rtt_max_ms: f64,
     /// Frames every reading viewer received during the window, added up.
     pub frames_received: u64,
     /// What was wrong with the session (paused, ended, closed by the server).
@@ -238,6 +277,9 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         start: Mutex::new(None),
         clock: Clock::new(),
         seen: Seen::default(),
+        syncs: tokio::sync::watch::Sender::new(None),
+        sync_spread: sync_spread(args.viewers),
+        viewers: args.viewers,
     });
     let mut first_error = None;
     // Viewers that connect and never read: the hub must not let them slow the others down.
@@ -257,14 +299,17 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
     // Connect in small batches so the hub's accept queue is not flooded.
     for batch in (0..args.viewers).collect::<Vec<_>>().chunks(50) {
         let attempts = batch.iter().map(|&n| sources.connect(&args.url, n));
-        for result in futures_util::future::join_all(attempts).await {
+        for (&n, result) in batch
+            .iter()
+            .zip(futures_util::future::join_all(attempts).await)
+        {
             match result {
                 Ok(ws) => {
                     let c = Arc::new(Counters::default());
                     match args.mode {
                         Mode::Push => tokio::spawn(read(ws, c.clone(), window.clone())),
                         Mode::Lookahead => {
-                            tokio::spawn(read_windows(ws, c.clone(), window.clone()))
+                            tokio::spawn(read_windows(ws, c.clone(), window.clone(), n))
                         }
                     };
                     counters.push(c);
@@ -298,6 +343,10 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
+    let clock_resynced = match args.mode {
+        Mode::Lookahead => resync_clocks(&window, &counters).await,
+        Mode::Push => 0,
+    };
 
     let snapshot = |cs: &[Arc<Counters>]| -> Vec<(u64, u64)> {
         cs.iter()
@@ -333,6 +382,22 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         .map(|c| std::mem::take(&mut *c.arrivals.lock().unwrap_or_else(|e| e.into_inner())))
         .collect();
     let (gaps, spreads) = (gaps_ms(&arrivals), spreads_ms(&arrivals));
+    let exact: Vec<Vec<(u32, u32)>> = counters
+        .iter()
+        .zip(&arrivals)
+        .filter(|(c, _)| {
+            c.synced_from_us.load(Ordering::Relaxed) > 0
+                && c.sync_rtt_us.load(Ordering::Relaxed) <= EXACT_RTT_US
+        })
+        .map(|(_, a)| a.clone())
+        .collect();
+    let exact_spreads = spreads_ms(&exact);
+    let mut clock_rtts: Vec<f64> = counters
+        .iter()
+        .filter(|c| c.synced_from_us.load(Ordering::Relaxed) > 0)
+        .map(|c| c.sync_rtt_us.load(Ordering::Relaxed) as f64 / 1000.0)
+        .collect();
+    clock_rtts.sort_by(f64::total_cmp);
     drop(stalled);
     let cpu_end = args.server_pid.and_then(process_cpu_seconds);
     let rss_end = args.server_pid.and_then(process_rss_kib);
@@ -376,10 +441,16 @@ pub async fn run(mut args: LoadtestArgs) -> Result<Report, LoadtestError> {
         sync_spread_p50_ms: percentile(&spreads, 0.5),
         sync_spread_p99_ms: percentile(&spreads, 0.99),
         sync_spread_max_ms: spreads.last().copied().unwrap_or(0.0),
+        exact_clock_viewers: exact.len(),
+        exact_clock_spread_p99_ms: percentile(&exact_spreads, 0.99),
         late_frames: counters
             .iter()
             .map(|c| c.late.load(Ordering::Relaxed))
             .sum(),
+        clock_resynced,
+        clock_rtt_p50_ms: percentile(&clock_rtts, 0.5),
+        clock_rtt_p99_ms: percentile(&clock_rtts, 0.99),
+        clock_rtt_max_ms: clock_rtts.last().copied().unwrap_or(0.0),
         frames_received: delivered,
         warnings,
         stalled: args.stalled,
@@ -535,12 +606,138 @@ where
     }
 }
 
-/// Time requests each viewer makes; it keeps the answer with the shortest round trip.
+/// Time requests in one round of a viewer's clock sync, each [`SAMPLE_GAP`] after the answer to
+/// the one before; the answer with the shortest round trip is kept (as in the web viewer's
+/// `clock.js`).
 const TIME_SAMPLES: u32 = 5;
+/// The hub writes every viewer its next window at the same moment, once a window period (1 s by
+/// default), and on a machine shared with the hub that burst holds up the answers of time
+/// requests made during it: samples a quarter of a second apart put some between the bursts.
+/// (A browser makes its requests back to back; its machine does not write the hub's windows.)
+const SAMPLE_GAP: Duration = Duration::from_millis(250);
+/// A viewer syncs its clock again this long after its last round started, as the web viewer does.
+const RESYNC: Duration = Duration::from_secs(30);
+/// Viewers that start their sync each second once all are connected. Real clients sync from
+/// their own connect times, spread out; thousands at one instant would measure the burst.
+const SYNCS_PER_SECOND: f64 = 2_000.0;
+/// How long the measurement waits past the spread for the last viewers' syncs.
+const SYNC_GRACE: Duration = Duration::from_secs(20);
+/// Look-ahead: a viewer whose clock estimate came from a round trip this short knows the
+/// server's clock to half a frame; the spread among those viewers is reported on its own.
+const EXACT_RTT_US: u64 = 40_000;
 
-/// A look-ahead viewer: syncs its clock, follows the state, and records when it would show each
-/// frame of every window it gets.
-async fn read_windows<S>(mut ws: S, counters: Arc<Counters>, window: Arc<Window>)
+/// Over how long the viewers of a run start their sync once all are connected.
+fn sync_spread(viewers: usize) -> Duration {
+    Duration::from_secs_f64(viewers as f64 / SYNCS_PER_SECOND)
+}
+
+/// Starts every look-ahead viewer's clock sync, spread over [`sync_spread`], and waits until they
+/// have all finished it (or the grace is up). Returns how many did.
+async fn resync_clocks(window: &Window, counters: &[Arc<Counters>]) -> usize {
+    let from = Instant::now();
+    let from_us = window.clock.us_at(from);
+    window.syncs.send_replace(Some(from));
+    let deadline = from + window.sync_spread + SYNC_GRACE;
+    let synced = || {
+        counters
+            .iter()
+            .filter(|c| c.synced_from_us.load(Ordering::Relaxed) >= from_us)
+            .count()
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let done = synced();
+        eprint!("\rclocks synced again {done}/{}", counters.len());
+        if done == counters.len() || Instant::now() >= deadline {
+            eprintln!(" in {:.1} s", from.elapsed().as_secs_f64());
+            if done < counters.len() {
+                eprintln!(
+                    "warning: {} viewers did not sync their clocks again in time: they measure with the estimate they made on connecting",
+                    counters.len() - done
+                );
+            }
+            return done;
+        }
+    }
+}
+
+/// One viewer's estimate of the server clock, from rounds of [`TIME_SAMPLES`] time requests.
+#[derive(Debug, Default)]
+struct ClockSync {
+    /// The estimate in force: the best answer of the last finished round.
+    estimate: Option<Estimate>,
+    /// When that round started, on the run's clock (ms).
+    estimate_from_ms: f64,
+    /// The round under way: its best answer so far, requests still to answer, when it started.
+    round: Option<Estimate>,
+    pending: u32,
+    round_from_ms: f64,
+    /// A sync was asked for while a round was under way: another round follows it.
+    again: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Estimate {
+    /// Server clock minus ours, in ms.
+    offset_ms: f64,
+    /// The round trip of the answer it came from, in ms (the offset is good to half of it).
+    rtt_ms: f64,
+}
+
+impl ClockSync {
+    /// Asks for a round starting at `now_ms`; true if the caller is to send a time request now,
+    /// false if a round is under way (the new one starts when it ends).
+    fn start(&mut self, now_ms: f64) -> bool {
+        if self.pending > 0 {
+            self.again = true;
+            return false;
+        }
+        self.round = None;
+        self.pending = TIME_SAMPLES;
+        self.round_from_ms = now_ms;
+        true
+    }
+
+    /// A time answer: `t0` as the request carried it, the server's clock, and our clock when it
+    /// arrived. True if the caller is to send another time request.
+    fn answer(&mut self, t0: f64, server_ms: f64, t1: f64) -> bool {
+        let rtt_ms = t1 - t0;
+        // A NaN or negative round trip (a garbled t0) is no sample.
+        if self.pending == 0 || rtt_ms.is_nan() || rtt_ms < 0.0 {
+            return false;
+        }
+        let sample = Estimate {
+            offset_ms: server_ms - (t0 + t1) / 2.0,
+            rtt_ms,
+        };
+        if self.round.is_none_or(|best| sample.rtt_ms < best.rtt_ms) {
+            self.round = Some(sample);
+        }
+        self.pending -= 1;
+        if self.pending > 0 {
+            return true;
+        }
+        // A later round replaces the estimate, better or not: clocks drift, paths change.
+        self.estimate = self.round;
+        self.estimate_from_ms = self.round_from_ms;
+        if std::mem::take(&mut self.again) {
+            return self.start(t1);
+        }
+        false
+    }
+}
+
+/// Waits until `at`, or forever if there is no such moment.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A look-ahead viewer (the `n`th of the run): syncs its clock, follows the state, and records
+/// when it would show each frame of every window it gets.
+async fn read_windows<S>(mut ws: S, counters: Arc<Counters>, window: Arc<Window>, n: usize)
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
         + futures_util::Sink<Message>
@@ -550,15 +747,42 @@ where
     let time_request = |clock: &Clock| {
         Message::text(serde_json::json!({"cmd": "time", "t0": clock.now_ms()}).to_string())
     };
+    let mut sync = ClockSync::default();
+    sync.start(clock.now_ms());
     if ws.send(time_request(&clock)).await.is_err() {
         return;
     }
-    let mut samples = 1;
-    // Server clock minus ours, from the sample with the shortest round trip.
-    let mut offset: Option<(f64, f64)> = None;
+    let mut syncs = window.syncs.subscribe();
+    let mut next_sync: Option<Instant> = None;
+    let mut next_request: Option<Instant> = None;
     let mut state: Option<Anchor> = None;
     let mut last: Option<u32> = None;
-    while let Some(Ok(message)) = ws.next().await {
+    loop {
+        let message = tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(message)) => message,
+                _ => return,
+            },
+            Ok(()) = syncs.changed() => {
+                let from = *syncs.borrow_and_update();
+                next_sync = from.map(|from| from + window.sync_delay(n));
+                continue;
+            }
+            () = sleep_until(next_sync) => {
+                next_sync = next_sync.map(|at| at + RESYNC);
+                if sync.start(clock.now_ms()) && ws.send(time_request(&clock)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            () = sleep_until(next_request) => {
+                next_request = None;
+                if ws.send(time_request(&clock)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let received = Instant::now();
         match message {
             Message::Text(text) => {
@@ -574,20 +798,23 @@ where
                         last = None;
                     }
                     Some("time") => {
-                        let t1 = clock.ms_at(received);
-                        if let (Some(t0), Some(server)) =
+                        let (Some(t0), Some(server)) =
                             (value["t0"].as_f64(), value["server_ms"].as_f64())
-                        {
-                            let rtt = t1 - t0;
-                            if offset.is_none_or(|(_, best)| rtt < best) {
-                                offset = Some((server - (t0 + t1) / 2.0, rtt));
-                            }
+                        else {
+                            continue;
+                        };
+                        let more = sync.answer(t0, server, clock.ms_at(received));
+                        if let Some(estimate) = sync.estimate {
+                            let from_us = (sync.estimate_from_ms - clock.base_ms) * 1000.0;
+                            counters
+                                .sync_rtt_us
+                                .store((estimate.rtt_ms * 1000.0) as u64, Ordering::Relaxed);
+                            counters
+                                .synced_from_us
+                                .store(from_us.max(1.0) as u64, Ordering::Relaxed);
                         }
-                        if samples < TIME_SAMPLES {
-                            samples += 1;
-                            if ws.send(time_request(&clock)).await.is_err() {
-                                return;
-                            }
+                        if more {
+                            next_request = Some(received + SAMPLE_GAP);
                         }
                     }
                     _ => {}
@@ -615,16 +842,18 @@ where
                 }
                 last = indices.last().copied().or(last);
                 let start = *window.start.lock().unwrap_or_else(|e| e.into_inner());
-                let (Some(start), Some((offset, _))) = (start, offset) else {
+                let (Some(start), Some(estimate)) = (start, sync.estimate) else {
                     continue;
                 };
                 if !window.open.load(Ordering::Acquire) {
                     continue;
                 }
+                let offset = estimate.offset_ms;
                 let (start_ms, arrived_ms) = (clock.ms_at(start), clock.ms_at(received));
                 let mut arrivals = counters.arrivals.lock().unwrap_or_else(|e| e.into_inner());
                 for i in indices {
-                    // When this viewer shows frame i, on its own clock.
+                    // When this viewer shows frame i, on its own clock: from the session's
+                    // timeline and the measured offset, whenever the window arrived.
                     let shown = anchor.shown_ms(i) - offset;
                     // A paused window's one frame is shown from the pause on: never late.
                     if anchor.playing && shown < arrived_ms {
@@ -678,7 +907,11 @@ impl Anchor {
 fn gaps_ms(arrivals: &[Vec<(u32, u32)>]) -> Vec<f64> {
     let mut gaps: Vec<f64> = arrivals
         .iter()
-        .flat_map(|a| a.windows(2).map(|w| f64::from(w[1].1 - w[0].1) / 1000.0))
+        // Negative when a viewer's clock estimate moved back between two frames (a re-sync).
+        .flat_map(|a| {
+            a.windows(2)
+                .map(|w| (i64::from(w[1].1) - i64::from(w[0].1)) as f64 / 1000.0)
+        })
         .collect();
     gaps.sort_by(f64::total_cmp);
     gaps
@@ -764,7 +997,19 @@ impl Report {
                 "sync spread per frame   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({what})",
                 self.sync_spread_p50_ms, self.sync_spread_p99_ms, self.sync_spread_max_ms
             ),
+            format!(
+                "  among exact clocks    p99 {:.1} ms, {} viewers (clock round trip at most 40 ms)",
+                self.exact_clock_spread_p99_ms, self.exact_clock_viewers
+            ),
             format!("late frames             {}", self.late_frames),
+            format!(
+                "clock sync              {} of {} synced again after connecting; round trip p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                self.clock_resynced,
+                self.connected,
+                self.clock_rtt_p50_ms,
+                self.clock_rtt_p99_ms,
+                self.clock_rtt_max_ms
+            ),
             format!("frames received         {}", self.frames_received),
             format!(
                 "stalled viewers         {} (connected, never reading)",
@@ -832,6 +1077,79 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.99), 5.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
+        // A re-sync that moves a viewer's clock back shows as a negative gap, not a wrapped one.
+        assert_eq!(gaps_ms(&[vec![(1, 50_000), (2, 40_000)]]), vec![-10.0]);
+    }
+
+    #[test]
+    fn a_clock_sync_keeps_the_shortest_round_trip_of_each_round() {
+        let mut sync = ClockSync::default();
+        assert!(sync.start(0.0));
+        // Server 1000 ms ahead; round trips of 30, 4 and 10 ms (the 4 ms one arrives early:
+        // its outbound leg was 1 ms), then two more of 50 ms.
+        let answers = [
+            (0.0, 1015.0, 30.0),
+            (30.0, 1031.0, 34.0),
+            (34.0, 1039.0, 44.0),
+        ];
+        for (t0, server, t1) in answers {
+            assert!(sync.answer(t0, server, t1), "more requests to come");
+            assert_eq!(sync.estimate, None, "no estimate before the round ends");
+        }
+        assert!(sync.answer(44.0, 1069.0, 94.0));
+        assert!(!sync.answer(94.0, 1119.0, 144.0), "the round is over");
+        let first = sync.estimate.unwrap();
+        assert_eq!(first.rtt_ms, 4.0);
+        assert_eq!(first.offset_ms, 1031.0 - 32.0, "off by half the asymmetry");
+        // An answer nobody is waiting for changes nothing.
+        assert!(!sync.answer(144.0, 1150.0, 146.0));
+        assert_eq!(sync.estimate, Some(first));
+
+        // A later round replaces the estimate even with longer round trips.
+        assert!(sync.start(200.0));
+        for k in 0..TIME_SAMPLES {
+            let t0 = 200.0 + f64::from(k) * 100.0;
+            sync.answer(t0, t0 + 1004.0, t0 + 8.0);
+        }
+        let second = sync.estimate.unwrap();
+        assert_eq!((second.rtt_ms, second.offset_ms), (8.0, 1000.0));
+        assert_eq!(sync.estimate_from_ms, 200.0);
+    }
+
+    #[test]
+    fn a_sync_asked_for_during_a_round_follows_it() {
+        let mut sync = ClockSync::default();
+        assert!(sync.start(0.0));
+        assert!(!sync.start(5.0), "one request at a time");
+        for k in 1..TIME_SAMPLES {
+            assert!(sync.answer(0.0, 1000.0, f64::from(k)));
+        }
+        // The first round ends and the second starts at once: send again.
+        assert!(sync.answer(0.0, 1000.0, 7.0));
+        assert_eq!(sync.estimate_from_ms, 0.0);
+        assert_eq!(sync.round_from_ms, 7.0);
+        for _ in 1..TIME_SAMPLES {
+            assert!(sync.answer(7.0, 1007.0, 9.0));
+        }
+        assert!(!sync.answer(7.0, 1007.0, 9.0));
+        assert_eq!(sync.estimate_from_ms, 7.0);
+    }
+
+    #[test]
+    fn viewers_start_their_syncs_spread_out() {
+        let window = Window {
+            open: AtomicBool::new(false),
+            start: Mutex::new(None),
+            clock: Clock::new(),
+            seen: Seen::default(),
+            syncs: tokio::sync::watch::Sender::new(None),
+            sync_spread: sync_spread(4_000),
+            viewers: 4_000,
+        };
+        assert_eq!(window.sync_spread, Duration::from_secs(2));
+        assert_eq!(window.sync_delay(0), Duration::ZERO);
+        assert_eq!(window.sync_delay(1_000), Duration::from_millis(500));
+        assert!(window.sync_delay(3_999) < Duration::from_secs(2));
     }
 
     #[test]
