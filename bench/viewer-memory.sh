@@ -13,8 +13,10 @@ COUNTS=${COUNTS:-2000 5000}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 SOURCES=${SOURCES:-8}
 BIN=${CARGO_TARGET_DIR:-target}/release/replay-hub
+LOADTEST=${CARGO_TARGET_DIR:-target}/release/loadtest
 VARIANTS=${VARIANTS:-"release;$BIN;"}
-[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --locked --bin replay-hub >&2
+[[ ${NO_BUILD:-0} == 1 ]] ||
+  cargo build --release --locked -p replay-hub -p replay-hub-bench --bin replay-hub --bin loadtest >&2
 MAX=$(tr ' ' '\n' <<<"$COUNTS" | sort -n | tail -1)
 ulimit -n "$((MAX + 1000))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d /tmp/replay-hub-memory.XXXX)
@@ -43,7 +45,7 @@ for n in $COUNTS; do
         (( a > max )) && max=$a; echo $max >"$WORK/anon"; sleep 1
       done ) &
     SAMPLER=$!
-    "$BIN" loadtest --url "$VIEW" --viewers "$n" --seconds "$SECONDS_PER_RUN" --mode lookahead \
+    "$LOADTEST" --url "$VIEW" --viewers "$n" --seconds "$SECONDS_PER_RUN" --mode lookahead \
       --enc qdelta1 --source-addrs "$SOURCES" --server-pid "$HUB" --json "$WORK/r.json" \
       >/dev/null 2>"$WORK/lt.log" || { cat "$WORK/lt.log" >&2; exit 1; }
     touch "$WORK/done"
