@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 
 const WINDOW_MS: u64 = 400;
 
+/// How long a walk over the race's windows waits for the window of a seek.
+const WAIT_FOR_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn url(hub: &TestHub, session: &str, token: Option<&str>, enc: &str) -> String {
     let url = hub.ws_url(session, token);
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -282,6 +285,9 @@ async fn an_imported_openf1_race_decodes_from_compact_windows_to_its_push_frames
     let hub = TestHub::start_with(|c| {
         c.demo_session = String::new();
         c.lookahead_window_ms = 5000;
+        // The walk below seeks as fast as windows arrive: no command rate may refuse it.
+        c.commands_per_second = 10_000;
+        c.session_commands_per_second = 10_000;
     });
     let put = hub
         .http()
@@ -336,10 +342,31 @@ async fn an_imported_openf1_race_decodes_from_compact_windows_to_its_push_frames
     let mut epoch = viewer.hello["state"]["epoch"].as_u64().unwrap();
     let mut carried = vec![false; total as usize];
     let mut seeks = 0;
+    let mut sought = None;
     loop {
+        let mut resent = 0;
         let window = loop {
-            match viewer.next().await {
+            // A window can be superseded before this viewer's writer takes it (latest wins):
+            // a seek whose window does not come is sent again, a few times at most.
+            let Ok(received) = tokio::time::timeout(WAIT_FOR_WINDOW, viewer.next()).await else {
+                let frame = sought.expect("the first window came in time");
+                resent += 1;
+                assert!(
+                    resent <= 3,
+                    "no window of epoch {epoch} after seeking to {frame}"
+                );
+                viewer
+                    .send_json(json!({"cmd": "seek", "frame": frame}))
+                    .await;
+                epoch += 1;
+                continue;
+            };
+            match received {
                 Received::Window(w) if w.epoch >= epoch => break w,
+                // A refused seek would otherwise be waited for until the timeout.
+                Received::Json(reply) if reply["type"] == "error" => {
+                    panic!("seek to {sought:?} refused: {reply}")
+                }
                 Received::Closed(c) => panic!("closed: {c:?}"),
                 _ => continue,
             }
@@ -364,6 +391,7 @@ async fn an_imported_openf1_race_decodes_from_compact_windows_to_its_push_frames
         viewer
             .send_json(json!({"cmd": "seek", "frame": next}))
             .await;
+        sought = Some(next);
         epoch += 1;
     }
 }
