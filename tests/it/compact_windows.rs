@@ -355,10 +355,7 @@ async fn an_imported_openf1_race_decodes_from_compact_windows_to_its_push_frames
                     resent <= 3,
                     "no window of epoch {epoch} after seeking to {frame}"
                 );
-                viewer
-                    .send_json(json!({"cmd": "seek", "frame": frame}))
-                    .await;
-                epoch += 1;
+                epoch += play_from(&mut viewer, frame).await;
                 continue;
             };
             match received {
@@ -383,15 +380,24 @@ async fn an_imported_openf1_race_decodes_from_compact_windows_to_its_push_frames
         let Some(next) = carried.iter().position(|c| !c) else {
             break;
         };
+        let next = next as u32;
         seeks += 1;
         assert!(
             seeks <= 2 * total / 250 + 4,
             "{seeks} seeks for {total} frames"
         );
-        viewer
-            .send_json(json!({"cmd": "seek", "frame": next}))
-            .await;
+        epoch += play_from(&mut viewer, next).await;
         sought = Some(next);
-        epoch += 1;
     }
+}
+
+/// Plays from `frame`: `play` first (a session that reached the finish has paused itself, and
+/// paused it would send one frame per seek), then the seek, which keeps it playing. Returns the
+/// epochs the two commands start.
+async fn play_from(viewer: &mut Viewer, frame: u32) -> u64 {
+    viewer.send_json(json!({"cmd": "play"})).await;
+    viewer
+        .send_json(json!({"cmd": "seek", "frame": frame}))
+        .await;
+    2
 }
