@@ -82,6 +82,7 @@ listening() { # pid log
 start_replica() { # name
   "$BIN" serve --bind 127.0.0.1:0 --data-dir "$OUT/$1" --broker "$REDIS" --cache "$REDIS/0" \
     --cache-prefix chaos --admin-token "$TOKEN" --demo-session '' \
+    --max-connections-per-ip 0 --max-viewers-per-session 100000 \
     >"$OUT/logs/$1.out" 2>"$OUT/logs/$1.log" &
   local pid=$!
   PIDS+=("$pid")
